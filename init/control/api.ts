@@ -1,0 +1,43 @@
+import type { LogLine } from '../log/types.ts';
+import type { ServiceStatus } from '../supervisor/types.ts';
+
+/** What the supervisor as a whole reports, beside its services. */
+export interface SupervisorInfo {
+  /** `host` when run as an ordinary process, `pid1` when it is the machine's init. */
+  mode: 'host' | 'pid1';
+  pid: number;
+  /** Wall-clock ms when mos started. */
+  startedAt: number;
+  /** `ok`, or `emergency` / `config-error` with `reason` saying why nothing runs. */
+  health: 'ok' | 'config-error' | 'emergency';
+  reason: string | null;
+  configPath: string | null;
+}
+
+/** An error the control API reports with a stable code, e.g. `E_UNKNOWN_SERVICE`. */
+export class ControlError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'ControlError';
+  }
+}
+
+/**
+ * The narrow face the supervisor shows to the control socket. The server validates requests and
+ * calls these; they throw `ControlError` for problems the operator caused (unknown service, …).
+ */
+export interface SupervisorApi {
+  info(): SupervisorInfo;
+  list(): ServiceStatus[];
+  status(name: string): ServiceStatus;
+  start(name: string): Promise<ServiceStatus>;
+  stop(name: string): Promise<ServiceStatus>;
+  restart(name: string): Promise<ServiceStatus>;
+  /** The last `count` lines from the service's ring buffer, oldest first. */
+  logs(name: string, count: number): LogLine[];
+  /** Calls `onLine` for every new line until the returned function is called. */
+  followLogs(name: string, onLine: (line: LogLine) => void): () => void;
+}

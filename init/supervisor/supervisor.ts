@@ -1,0 +1,612 @@
+/**
+ * The supervisor: the impure shell around the per-service state machine.
+ *
+ * It owns the services' runtimes and timers, turns the machine's effects into syscalls through
+ * the `Native` port, feeds process exits (from the one reaper), readiness and watchdog pings back
+ * in as events, and orders starts and stops by dependency. Time comes from an injected clock.
+ */
+import { randomUUID } from 'node:crypto';
+import { accessSync, constants as fsConstants, openSync, readFileSync, statSync } from 'node:fs';
+import net from 'node:net';
+import type { ChildExit, Native, NativeError } from '../../native/types.ts';
+import { ControlError, type SupervisorApi, type SupervisorInfo } from '../control/api.ts';
+import type { LogLine } from '../log/types.ts';
+import {
+  type Effect,
+  type ServiceEvent,
+  type ServiceRuntime,
+  type TimerName,
+  initialRuntime,
+  publicStatus,
+  transition,
+} from './machine.ts';
+import { NotifyRateLimiter, notifyEvents, parseNotifyMessage } from './notify-protocol.ts';
+import { planSpawn } from './spawn-plan.ts';
+import type { ServiceSpec, ServiceState, ServiceStatus } from './types.ts';
+
+export interface SupervisorClock {
+  wallNow(): number;
+  monoNow(): number;
+  setTimeout(callback: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+export const systemClock: SupervisorClock = {
+  wallNow: () => Date.now(),
+  monoNow: () => performance.now(),
+  setTimeout: (callback, ms) => setTimeout(callback, ms),
+  clearTimeout: (handle) => clearTimeout(handle as NodeJS.Timeout),
+};
+
+/** The structured logger the supervisor writes to (pino's shape). */
+export interface SupervisorLogger {
+  info(fields: object, message: string): void;
+  warn(fields: object, message: string): void;
+  error(fields: object, message: string): void;
+  debug(fields: object, message: string): void;
+}
+
+/** The per-service log capture the supervisor writes children's output into. */
+export interface ServiceLogs {
+  open(service: string): { stdout: number; stderr: number };
+  append(service: string, stream: 'stdout' | 'stderr', text: string): void;
+  tail(service: string, count: number): LogLine[];
+  follow(service: string, onLine: (line: LogLine) => void): () => void;
+}
+
+export interface SupervisorOptions {
+  native: Native;
+  logs: ServiceLogs;
+  logger: SupervisorLogger;
+  clock?: SupervisorClock;
+  /** Where the sd_notify socket is bound (`@name` for abstract). Omit to run without one. */
+  notifySocketPath?: string;
+  mode?: SupervisorInfo['mode'];
+  configPath?: string | null;
+  /** For tests: how a path is checked to be an executable file. */
+  isExecutable?: (file: string) => boolean;
+  /** For tests: how a sender pid's session id is found (notify attribution). */
+  sessionOf?: (pid: number) => number | null;
+}
+
+export interface ShutdownReport {
+  durationMs: number;
+  /** Services that ignored their stop signal and were SIGKILLed at their deadline. */
+  killed: string[];
+  /** Services still not stopped when the global deadline passed (all SIGKILLed then). */
+  unfinished: string[];
+}
+
+export type TransitionListener = (event: {
+  service: string;
+  event: ServiceEvent;
+  from: ServiceState;
+  to: ServiceState;
+  status: ServiceStatus;
+}) => void;
+
+const ACTIVE_STATES: ReadonlySet<ServiceState> = new Set(['starting', 'running', 'stopping']);
+/** States in which a service is on its way to running, so its dependents must wait. */
+const PENDING_STATES: ReadonlySet<ServiceState> = new Set(['waiting', 'starting', 'backoff', 'stopping']);
+const SETTLED_AFTER_START: ReadonlySet<ServiceState> = new Set(['running', 'done', 'failed', 'stopped', 'backoff']);
+const SETTLED_AFTER_STOP: ReadonlySet<ServiceState> = new Set(['stopped', 'failed', 'done']);
+
+function defaultIsExecutable(file: string): boolean {
+  try {
+    accessSync(file, fsConstants.X_OK);
+    return statSync(file).isFile();
+  } catch {
+    return false;
+  }
+}
+
+/** The session id (field 6 of /proc/PID/stat): services are session leaders. */
+function defaultSessionOf(pid: number): number | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // The command name (field 2) may contain spaces and parentheses: parse after the last ')'.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return Number(fields[3]);
+  } catch {
+    return null;
+  }
+}
+
+interface Run {
+  invocationId: string;
+  /** Read end of the s6-style readiness pipe, while the run waits for readiness. */
+  readinessReader?: net.Socket;
+}
+
+export class Supervisor implements SupervisorApi {
+  private readonly native: Native;
+  private readonly serviceLogs: ServiceLogs;
+  private readonly logger: SupervisorLogger;
+  private readonly clock: SupervisorClock;
+  private readonly isExecutable: (file: string) => boolean;
+  private readonly sessionOf: (pid: number) => number | null;
+  private readonly specs = new Map<string, ServiceSpec>();
+  private readonly runtimes = new Map<string, ServiceRuntime>();
+  private readonly timers = new Map<string, Map<TimerName, unknown>>();
+  private readonly runs = new Map<string, Run>();
+  private readonly listeners = new Set<TransitionListener>();
+  private readonly notifyLimiter = new NotifyRateLimiter();
+  private readonly startedAt: number;
+  private health: SupervisorInfo['health'] = 'ok';
+  private healthReason: string | null = null;
+  private notifyFd: number | null = null;
+  private notifyWatch: { close(): void } | null = null;
+  private devNullFd: number | null = null;
+  private scheduling = false;
+  private shuttingDown = false;
+  private orphansReaped = 0;
+
+  constructor(private readonly options: SupervisorOptions) {
+    this.native = options.native;
+    this.serviceLogs = options.logs;
+    this.logger = options.logger;
+    this.clock = options.clock ?? systemClock;
+    this.isExecutable = options.isExecutable ?? defaultIsExecutable;
+    this.sessionOf = options.sessionOf ?? defaultSessionOf;
+    this.startedAt = this.clock.wallNow();
+  }
+
+  // ── set-up ────────────────────────────────────────────────────────────────────────────────
+
+  /** Loads the validated specs. Services stay `stopped` until `startAll` or an operator start. */
+  load(specs: ServiceSpec[]): void {
+    for (const spec of specs) {
+      this.specs.set(spec.name, spec);
+      this.runtimes.set(spec.name, initialRuntime(spec, this.clock.wallNow()));
+      this.timers.set(spec.name, new Map());
+    }
+  }
+
+  /** Nothing runs, and the operator sees why (`mosctl status`). */
+  setHealth(health: SupervisorInfo['health'], reason: string | null): void {
+    this.health = health;
+    this.healthReason = reason;
+    if (health !== 'ok') this.logger.error({ health, reason }, `supervisor ${health}: ${reason}`);
+  }
+
+  /** Binds the sd_notify socket and starts reading it. */
+  listenForNotifications(): void {
+    const path = this.options.notifySocketPath;
+    if (!path || this.notifyFd !== null) return;
+    this.notifyFd = this.native.bindCredDatagramSocket(path);
+    const fd = this.notifyFd;
+    this.notifyWatch = this.native.watchReadable(fd, () => this.readNotifications(fd));
+  }
+
+  onTransition(listener: TransitionListener): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  startAll(): void {
+    for (const name of this.specs.keys()) this.dispatch(name, { type: 'start' });
+    this.schedule();
+  }
+
+  // ── the reaper's entry point ──────────────────────────────────────────────────────────────
+
+  /** Call on SIGCHLD: reaps every exited child, ours or re-parented orphans. */
+  reapChildren(): void {
+    let exits: ChildExit[];
+    try {
+      exits = this.native.reap();
+    } catch (error) {
+      this.logger.error({ err: error }, 'reap failed');
+      return;
+    }
+    for (const exit of exits) this.handleExit(exit);
+  }
+
+  get orphanCount(): number {
+    return this.orphansReaped;
+  }
+
+  private handleExit(exit: ChildExit): void {
+    for (const [name, runtime] of this.runtimes) {
+      if (runtime.pid === exit.pid) {
+        this.dispatch(name, { type: 'exited', code: exit.code, signal: exit.signal });
+        this.schedule();
+        return;
+      }
+    }
+    // Not a service's main process: an orphan re-parented to us, a daemon's forked-off parent
+    // after MAINPID=, or a child whose exec failed. Reaping it is all there is to do.
+    this.orphansReaped++;
+    this.logger.debug({ pid: exit.pid, code: exit.code, signal: exit.signal }, 'reaped a process that is no service');
+  }
+
+  // ── events and effects ────────────────────────────────────────────────────────────────────
+
+  private dispatch(name: string, event: ServiceEvent): void {
+    const spec = this.specs.get(name);
+    const before = this.runtimes.get(name);
+    if (!spec || !before) return;
+    const { runtime, effects } = transition(before, spec, event, { wall: this.clock.wallNow(), mono: this.clock.monoNow() });
+    this.runtimes.set(name, runtime);
+    if (runtime.state !== before.state) this.announce(name, event, before, runtime);
+    for (const effect of effects) this.apply(name, effect);
+  }
+
+  /** One structured log line and a status update per transition. */
+  private announce(name: string, event: ServiceEvent, before: ServiceRuntime, after: ServiceRuntime): void {
+    const fields: Record<string, unknown> = { service: name, event: event.type, from: before.state, to: after.state };
+    if (after.pid !== null) fields.pid = after.pid;
+    if (event.type === 'exited' || event.type === 'spawn-failed') fields.exit = after.lastExit?.text;
+    if (after.lastExit?.cause && (event.type === 'exited' || event.type === 'spawn-failed')) fields.cause = after.lastExit.cause;
+    if (after.reason) fields.reason = after.reason;
+    if (after.errorCode) fields.code = after.errorCode;
+    const level = after.state === 'failed' ? 'warn' : 'info';
+    this.logger[level](fields, `${name}: ${before.state} -> ${after.state}`);
+    const status = publicStatus(after);
+    for (const listener of this.listeners) {
+      try {
+        listener({ service: name, event, from: before.state, to: after.state, status });
+      } catch (error) {
+        this.logger.error({ err: error }, 'transition listener failed');
+      }
+    }
+  }
+
+  private apply(name: string, effect: Effect): void {
+    switch (effect.type) {
+      case 'spawn':
+        this.spawn(name);
+        return;
+      case 'signal': {
+        const sent = effect.group
+          ? this.native.killProcessGroup(effect.pid, effect.signal)
+          : this.native.kill(effect.pid, effect.signal);
+        if (sent && effect.signal === 'SIGKILL') this.logger.debug({ service: name, pid: effect.pid }, 'sent SIGKILL');
+        return;
+      }
+      case 'set-timer': {
+        this.clearTimer(name, effect.name);
+        const handle = this.clock.setTimeout(() => {
+          this.timers.get(name)?.delete(effect.name);
+          this.dispatch(name, { type: 'timer', name: effect.name });
+          this.schedule();
+        }, effect.ms);
+        this.timers.get(name)!.set(effect.name, handle);
+        return;
+      }
+      case 'clear-timer':
+        this.clearTimer(name, effect.name);
+        return;
+    }
+  }
+
+  private clearTimer(name: string, timer: TimerName): void {
+    const timers = this.timers.get(name)!;
+    const handle = timers.get(timer);
+    if (handle !== undefined) {
+      this.clock.clearTimeout(handle);
+      timers.delete(timer);
+    }
+  }
+
+  private spawn(name: string): void {
+    const spec = this.specs.get(name)!;
+    this.endRun(name);
+    const run: Run = { invocationId: randomUUID().replaceAll('-', '') };
+    this.runs.set(name, run);
+    let readinessPipe: [number, number] | undefined;
+    try {
+      const output = this.serviceLogs.open(name);
+      if (spec.readiness.type === 'fd') readinessPipe = this.native.pipe();
+      this.devNullFd ??= openSync('/dev/null', 'r+');
+      const plan = planSpawn({
+        spec,
+        stdoutFd: output.stdout,
+        stderrFd: output.stderr,
+        stdinFd: this.devNullFd,
+        readinessFd: readinessPipe?.[1],
+        notifySocket: this.options.notifySocketPath,
+        invocationId: run.invocationId,
+        isExecutable: this.isExecutable,
+      });
+      if (!plan.ok) {
+        this.failSpawn(name, plan.stage, plan.message);
+        return;
+      }
+      const { ok: _ok, ...spawnOptions } = plan;
+      const pid = this.native.spawn({ ...spawnOptions, setsid: true });
+      if (readinessPipe) run.readinessReader = this.watchReadinessPipe(name, pid, readinessPipe[0]);
+      this.dispatch(name, { type: 'spawned', pid });
+    } catch (error) {
+      const nativeError = error as NativeError;
+      this.failSpawn(name, nativeError.syscall ?? 'clone', nativeError.message);
+      if (readinessPipe) this.native.close(readinessPipe[0]);
+    } finally {
+      // The child has its copy; ours would keep the pipe open past the child's exit.
+      if (readinessPipe) this.native.close(readinessPipe[1]);
+    }
+  }
+
+  private failSpawn(name: string, stage: string, message: string): void {
+    this.serviceLogs.append(name, 'stderr', `mos: cannot start ${name}: ${message}`);
+    this.dispatch(name, { type: 'spawn-failed', stage, message });
+  }
+
+  /** s6 readiness: the first newline on the notification fd means ready. */
+  private watchReadinessPipe(name: string, pid: number, readFd: number): net.Socket {
+    const reader = new net.Socket({ fd: readFd, readable: true, writable: false });
+    let seen = '';
+    reader.on('data', (chunk: Buffer) => {
+      seen += chunk.toString('latin1');
+      if (seen.includes('\n')) {
+        reader.destroy();
+        if (this.runtimes.get(name)?.pid === pid) {
+          this.dispatch(name, { type: 'ready' });
+          this.schedule();
+        }
+      }
+    });
+    reader.on('error', () => reader.destroy());
+    return reader;
+  }
+
+  private endRun(name: string): void {
+    this.runs.get(name)?.readinessReader?.destroy();
+    this.runs.delete(name);
+  }
+
+  // ── sd_notify ─────────────────────────────────────────────────────────────────────────────
+
+  private readNotifications(fd: number): void {
+    let datagrams;
+    try {
+      // Bounded per wake-up so one flood cannot starve the event loop; the poll fires again.
+      datagrams = this.native.receiveCredDatagrams(fd, 256);
+    } catch (error) {
+      this.logger.error({ err: error }, 'reading the notify socket failed');
+      return;
+    }
+    const now = this.clock.monoNow();
+    for (const datagram of datagrams) {
+      for (const passedFd of datagram.fds) this.native.close(passedFd);
+      const name = this.serviceForSender(datagram.cred.pid);
+      if (!name) {
+        this.logger.debug({ pid: datagram.cred.pid }, 'notify message from a process that is no service');
+        continue;
+      }
+      if (!this.notifyLimiter.admit(name, now)) continue;
+      for (const event of notifyEvents(parseNotifyMessage(datagram.data))) this.dispatch(name, event);
+    }
+    for (const [service, dropped] of this.notifyLimiter.takeDropped()) {
+      this.logger.warn({ service, dropped }, `${service}: notify messages dropped by the rate limit`);
+    }
+    this.schedule();
+  }
+
+  /** The main pid first; else a process in the service's session (e.g. `systemd-notify`). */
+  private serviceForSender(pid: number): string | null {
+    for (const [name, runtime] of this.runtimes) if (runtime.pid === pid) return name;
+    const session = this.sessionOf(pid);
+    if (session === null) return null;
+    for (const [name, runtime] of this.runtimes) if (runtime.pgid !== null && runtime.pgid === session) return name;
+    return null;
+  }
+
+  // ── dependencies ──────────────────────────────────────────────────────────────────────────
+
+  /** Starts every waiting service whose dependencies are ready; fails those whose requirement failed. */
+  private schedule(): void {
+    if (this.scheduling) return;
+    this.scheduling = true;
+    try {
+      let changed = true;
+      while (changed) {
+        changed = false;
+        for (const [name, runtime] of this.runtimes) {
+          if (runtime.state !== 'waiting') continue;
+          const verdict = this.dependencyVerdict(this.specs.get(name)!);
+          if (verdict === 'wait') continue;
+          this.dispatch(name, verdict === 'ready' ? { type: 'deps-ready' } : { type: 'dep-failed', dependency: verdict.failed });
+          changed = true;
+        }
+      }
+    } finally {
+      this.scheduling = false;
+    }
+  }
+
+  private dependencyVerdict(spec: ServiceSpec): 'ready' | 'wait' | { failed: string } {
+    for (const dep of spec.requires) {
+      const state = this.runtimes.get(dep)!.state;
+      if (state === 'failed' || state === 'stopped') return { failed: dep };
+      if (state !== 'running' && state !== 'done') return 'wait';
+    }
+    // `after` only orders: it waits for a dependency on its way up, not for one nobody started.
+    for (const dep of spec.after) {
+      if (PENDING_STATES.has(this.runtimes.get(dep)!.state)) return 'wait';
+    }
+    return 'ready';
+  }
+
+  /** The service and everything it requires, transitively, dependencies first. */
+  private withRequirements(name: string, seen = new Set<string>()): string[] {
+    if (seen.has(name)) return [];
+    seen.add(name);
+    const spec = this.specs.get(name)!;
+    return [...spec.requires.flatMap((dep) => this.withRequirements(dep, seen)), name];
+  }
+
+  /** Services that require `name`, transitively, dependents first. */
+  private dependentsOf(name: string, seen = new Set<string>()): string[] {
+    const result: string[] = [];
+    for (const spec of this.specs.values()) {
+      if (!spec.requires.includes(name) || seen.has(spec.name)) continue;
+      seen.add(spec.name);
+      result.push(...this.dependentsOf(spec.name, seen), spec.name);
+    }
+    return result;
+  }
+
+  // ── operator API ──────────────────────────────────────────────────────────────────────────
+
+  info(): SupervisorInfo {
+    return {
+      mode: this.options.mode ?? 'host',
+      pid: process.pid,
+      startedAt: this.startedAt,
+      health: this.health,
+      reason: this.healthReason,
+      configPath: this.options.configPath ?? null,
+    };
+  }
+
+  list(): ServiceStatus[] {
+    return [...this.runtimes.values()].map(publicStatus);
+  }
+
+  status(name: string): ServiceStatus {
+    return publicStatus(this.runtimeOf(name));
+  }
+
+  async start(name: string): Promise<ServiceStatus> {
+    this.runtimeOf(name);
+    if (this.shuttingDown) throw new ControlError('E_SHUTTING_DOWN', 'mos is shutting down');
+    const settled = this.waitFor(name, SETTLED_AFTER_START);
+    for (const service of this.withRequirements(name)) this.dispatch(service, { type: 'start' });
+    this.schedule();
+    return settled;
+  }
+
+  async stop(name: string): Promise<ServiceStatus> {
+    this.runtimeOf(name);
+    for (const dependent of this.dependentsOf(name)) await this.stopOne(dependent);
+    return this.stopOne(name);
+  }
+
+  async restart(name: string): Promise<ServiceStatus> {
+    await this.stopOne(name);
+    return this.start(name);
+  }
+
+  logs(name: string, count: number): LogLine[] {
+    this.runtimeOf(name);
+    return this.serviceLogs.tail(name, count);
+  }
+
+  followLogs(name: string, onLine: (line: LogLine) => void): () => void {
+    this.runtimeOf(name);
+    return this.serviceLogs.follow(name, onLine);
+  }
+
+  private runtimeOf(name: string): ServiceRuntime {
+    const runtime = this.runtimes.get(name);
+    if (!runtime) throw new ControlError('E_UNKNOWN_SERVICE', `unknown service "${name}"`);
+    return runtime;
+  }
+
+  private stopOne(name: string): Promise<ServiceStatus> {
+    const settled = this.waitFor(name, SETTLED_AFTER_STOP);
+    this.dispatch(name, { type: 'stop' });
+    this.schedule();
+    return settled;
+  }
+
+  /** Resolves with the status once the service is in one of `states` (at once if it is). */
+  private waitFor(name: string, states: ReadonlySet<ServiceState>): Promise<ServiceStatus> {
+    return new Promise((resolve) => {
+      // Ignore the state it is in now unless nothing will move it: a start from `failed` must
+      // wait for the new run, not resolve on the old failure.
+      let sawChange = false;
+      const unsubscribe = this.onTransition((change) => {
+        if (change.service !== name) return;
+        sawChange = true;
+        if (states.has(change.to)) {
+          unsubscribe();
+          resolve(change.status);
+        }
+      });
+      queueMicrotask(() => {
+        if (!sawChange && states.has(this.runtimes.get(name)!.state)) {
+          unsubscribe();
+          resolve(this.status(name));
+        }
+      });
+    });
+  }
+
+  // ── shutdown ──────────────────────────────────────────────────────────────────────────────
+
+  /**
+   * Stops everything in reverse dependency order: a service is stopped once nothing that
+   * depends on it is still active. Each service gets its own stop timeout (then SIGKILL); the
+   * whole stop is bounded by `deadlineMs`, after which whatever is left is SIGKILLed.
+   */
+  async stopAll(deadlineMs: number): Promise<ShutdownReport> {
+    this.shuttingDown = true;
+    const began = this.clock.monoNow();
+    const killed = new Set<string>();
+    const unsubscribe = this.onTransition((change) => {
+      if (change.event.type === 'exited' && change.status.lastExit?.cause === 'stop-timeout') killed.add(change.service);
+    });
+    // Nothing pending may start any more, and a service already being stopped by its watchdog
+    // must not be restarted when it exits.
+    for (const [name, runtime] of this.runtimes) {
+      if (runtime.state !== 'starting' && runtime.state !== 'running') this.dispatch(name, { type: 'stop' });
+    }
+    const active = () => [...this.runtimes.values()].filter((r) => ACTIVE_STATES.has(r.state)).map((r) => r.name);
+    const dependsOn = (dependent: string, name: string) => {
+      const spec = this.specs.get(dependent)!;
+      return spec.requires.includes(name) || spec.after.includes(name);
+    };
+
+    let unsubscribeStep = () => {};
+    const allStopped = new Promise<void>((resolve) => {
+      const step = () => {
+        const remaining = active();
+        if (remaining.length === 0) {
+          resolve();
+          return;
+        }
+        for (const name of remaining) {
+          const runtime = this.runtimes.get(name)!;
+          if (runtime.state === 'stopping') continue;
+          if (remaining.some((other) => other !== name && dependsOn(other, name))) continue;
+          this.dispatch(name, { type: 'stop' });
+        }
+      };
+      const off = this.onTransition(() => queueMicrotask(step));
+      unsubscribeStep = () => void off();
+      step();
+    });
+
+    let deadlineHandle: unknown;
+    const deadline = new Promise<'deadline'>((resolve) => {
+      deadlineHandle = this.clock.setTimeout(() => resolve('deadline'), deadlineMs);
+    });
+    const outcome = await Promise.race([allStopped.then(() => 'done' as const), deadline]);
+    this.clock.clearTimeout(deadlineHandle);
+    unsubscribeStep();
+    const unfinished = outcome === 'deadline' ? active() : [];
+    for (const name of unfinished) {
+      const runtime = this.runtimes.get(name)!;
+      if (runtime.pgid !== null) this.native.killProcessGroup(runtime.pgid, 'SIGKILL');
+      if (runtime.pid !== null) this.native.kill(runtime.pid, 'SIGKILL');
+    }
+    unsubscribe();
+    const report = { durationMs: Math.round(this.clock.monoNow() - began), killed: [...killed], unfinished };
+    this.logger.info(report, `stopped all services in ${report.durationMs}ms`);
+    return report;
+  }
+
+  /** Releases the notify socket and the runs' readers (the log store is closed by its owner). */
+  close(): void {
+    this.notifyWatch?.close();
+    this.notifyWatch = null;
+    if (this.notifyFd !== null) this.native.close(this.notifyFd);
+    this.notifyFd = null;
+    for (const name of this.runs.keys()) this.endRun(name);
+    for (const timers of this.timers.values()) for (const handle of timers.values()) this.clock.clearTimeout(handle);
+    if (this.devNullFd !== null) this.native.close(this.devNullFd);
+    this.devNullFd = null;
+  }
+}

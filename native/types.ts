@@ -1,0 +1,173 @@
+/**
+ * The one narrow port between mos and the kernel.
+ *
+ * Every function is one syscall sequence with no policy: TypeScript decides what to do, the addon
+ * only does it. Failures throw a `NativeError` whose message reads like `mount ENOENT /sysroot`
+ * (syscall, errno name, subject) and whose fields carry the same facts for code.
+ *
+ * Implementations: `native/index.ts` loads the C++ addon; `native/fake.ts` is an in-memory fake
+ * for unit tests.
+ */
+
+/** One child fd and the parent fd it is a copy of (`dup2(parentFd, childFd)` in the child). */
+export interface FdMapping {
+  child: number;
+  parent: number;
+}
+
+export interface SpawnOptions {
+  /** Absolute path of the executable: PATH search is policy and happens in TypeScript. */
+  file: string;
+  /** argv, including argv[0]. */
+  argv: string[];
+  /** Complete environment as `KEY=VALUE` strings. */
+  env: string[];
+  /** Working directory; the child fails at `chdir` when it does not exist. */
+  cwd?: string;
+  /**
+   * The child's fds. Every fd not named here is closed at exec, so 0, 1 and 2 should always be
+   * mapped (to /dev/null when nothing else).
+   */
+  fds: FdMapping[];
+  /** Start a new session (and so a new process group whose id is the child's pid). */
+  setsid?: boolean;
+  /** Drop to these ids before exec (setgroups, setresgid, setresuid). */
+  uid?: number;
+  gid?: number;
+  groups?: number[];
+  /**
+   * Names of variables to set to the child's own pid, e.g. `WATCHDOG_PID` or `LISTEN_PID`: only
+   * the child knows its pid before exec.
+   */
+  pidEnv?: string[];
+}
+
+/** Where a failed spawn stopped: the child reports its last step before it could exec. */
+export type SpawnStage = 'clone' | 'setsid' | 'dup2' | 'chdir' | 'setgroups' | 'setgid' | 'setuid' | 'execve';
+
+export interface ChildExit {
+  pid: number;
+  /** Exit code when the child exited, else null. */
+  code: number | null;
+  /** Signal name (e.g. `SIGKILL`) when the child was killed, else null. */
+  signal: string | null;
+  /** Whether a core was dumped. */
+  core: boolean;
+}
+
+export interface Credentials {
+  pid: number;
+  uid: number;
+  gid: number;
+}
+
+/** One datagram read from a socket bound with SO_PASSCRED. */
+export interface CredDatagram {
+  data: Buffer;
+  /** The sender's credentials as the kernel attached them. */
+  cred: Credentials;
+  /** fds passed with SCM_RIGHTS; the receiver owns them and must close them. */
+  fds: number[];
+}
+
+export interface ReadableWatch {
+  /** Stop watching; idempotent. The fd itself is not closed. */
+  close(): void;
+}
+
+export interface MountRequest {
+  source: string;
+  target: string;
+  fstype: string;
+  /** MS_* flags as a number (see `MountFlags`). */
+  flags: number;
+  data?: string;
+}
+
+export interface Native {
+  /**
+   * clone(CLONE_VM|CLONE_VFORK) + exec. Returns the child's pid once it has exec'd. If the child
+   * fails before exec, it exits with code 127 and this throws a NativeError with `syscall` set to
+   * the failed stage and `pid` set to the (dead, not yet reaped) child.
+   */
+  spawn(options: SpawnOptions): number;
+
+  /**
+   * Reaps every child that has exited (waitpid(-1, WNOHANG) until none is left). The one place
+   * that waits: call it on SIGCHLD. Returns [] when there was nothing to reap.
+   */
+  reap(): ChildExit[];
+
+  /** kill(2) of one process; false (no throw) when it no longer exists (ESRCH). */
+  kill(pid: number, signal: string): boolean;
+  /** kill(-pgid): signals every process in the group; false when the group is empty (ESRCH). */
+  killProcessGroup(pgid: number, signal: string): boolean;
+
+  /** prctl(PR_SET_CHILD_SUBREAPER, 1): orphans below us are re-parented to us. */
+  setChildSubreaper(): void;
+
+  /** pipe2(O_CLOEXEC): [readFd, writeFd]. */
+  pipe(): [number, number];
+  /** close(2); ignores EBADF. */
+  close(fd: number): void;
+  /** O_NONBLOCK on or off. */
+  setNonBlocking(fd: number, on: boolean): void;
+
+  /**
+   * An AF_UNIX SOCK_DGRAM socket with SO_PASSCRED, non-blocking and close-on-exec, bound to
+   * `path` (a leading `@` means the abstract namespace). Returns the fd.
+   */
+  bindCredDatagramSocket(path: string): number;
+  /** recvmsg until EAGAIN or `max` datagrams. Datagrams larger than 4096 bytes are truncated. */
+  receiveCredDatagrams(fd: number, max: number): CredDatagram[];
+  /** SO_PEERCRED of a connected unix stream socket. */
+  peerCredentials(fd: number): Credentials;
+
+  /**
+   * Calls `onReadable` on the event loop whenever `fd` is readable (a libuv poll handle). The
+   * callback must not throw.
+   */
+  watchReadable(fd: number, onReadable: () => void): ReadableWatch;
+
+  /** mount(2), off the main thread. */
+  mount(request: MountRequest): Promise<void>;
+  /** umount2(2), off the main thread. */
+  umount(target: string, flags: number): Promise<void>;
+  /** sync(2) then reboot(2) with `RB_*` command; returns only on failure (throws). */
+  reboot(command: 'restart' | 'halt' | 'poweroff'): void;
+}
+
+export const MountFlags = {
+  RDONLY: 1,
+  NOSUID: 2,
+  NODEV: 4,
+  NOEXEC: 8,
+  REMOUNT: 32,
+  BIND: 4096,
+  MOVE: 8192,
+  REC: 16384,
+  PRIVATE: 1 << 18,
+  SLAVE: 1 << 19,
+  SHARED: 1 << 20,
+  RELATIME: 1 << 21,
+} as const;
+
+export const UmountFlags = {
+  FORCE: 1,
+  DETACH: 2,
+  EXPIRE: 4,
+  NOFOLLOW: 8,
+} as const;
+
+/** A syscall failure from the addon (or the fake), shaped like Node's own errno errors. */
+export interface NativeError extends Error {
+  /** errno name, e.g. `ENOENT`. */
+  code: string;
+  errno: number;
+  /** The syscall, or for spawn the stage that failed. */
+  syscall: string;
+  /** The path or subject the call was about, when there is one. */
+  path?: string;
+  /** For spawn failures: the pid of the child that failed before exec. */
+  pid?: number;
+}
