@@ -59,7 +59,7 @@ describe('supervisor', () => {
   it('spawns with the planned fds, env and a new session', () => {
     const { native, supervisor } = setup([{ name: 'web', argv: ['sleep', '1'], readiness: 'notify', watchdog: '2s', env: { A: 'b' } }]);
     supervisor.startAll();
-    const [{ options }] = native.spawned as [{ options: import('../../native/types.ts').SpawnOptions }];
+    const { options } = native.spawned[0]!;
     expect(options.file).toBe('/bin/sleep');
     expect(options.setsid).toBe(true);
     expect(options.fds.slice(1)).toEqual([

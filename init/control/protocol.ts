@@ -1,0 +1,239 @@
+/**
+ * The control socket's wire format: newline-delimited JSON, one request or response per line.
+ *
+ * A request is `{v:1, id, cmd, ...}`; the server answers each with `{v:1, id, ok:true, result}` or
+ * `{v:1, id, ok:false, error:{code, message}}`, in the order the requests arrived. A following
+ * `logs` request is answered once and then streams `{v:1, id, event:"log", line}` until the client
+ * closes. Errors about the connection itself (a refused peer, an unreadable line) carry `id: 0`.
+ */
+import * as v from 'valibot';
+import { ControlError, type SupervisorInfo } from './api.ts';
+import type { LogLine } from '../log/types.ts';
+import type { ServiceStatus } from '../supervisor/types.ts';
+
+export const PROTOCOL_VERSION = 1;
+
+/** Longest request line the server reads; a longer one is answered `E_BAD_REQUEST` and closed. */
+export const MAX_LINE_BYTES = 64 * 1024;
+
+/** Most lines one `logs` request may ask for. */
+export const MAX_LOG_LINES = 100_000;
+
+/** The id of errors that concern the connection rather than one request. */
+export const CONNECTION_ERROR_ID = 0;
+
+/** Stable error codes. The supervisor adds its own (e.g. `E_START_LIMIT`) to `failed` statuses. */
+export const ErrorCode = {
+  BadRequest: 'E_BAD_REQUEST',
+  Permission: 'E_PERMISSION',
+  UnknownService: 'E_UNKNOWN_SERVICE',
+  Internal: 'E_INTERNAL',
+  /** Client side only: no connection to mos, or it was lost. */
+  Unreachable: 'E_UNREACHABLE',
+} as const;
+
+export const COMMANDS = ['info', 'list', 'status', 'logs', 'start', 'stop', 'restart'] as const;
+export type CommandName = (typeof COMMANDS)[number];
+
+const SERVICE_NAME_PATTERN = /^[a-z0-9][a-z0-9_.-]{0,62}$/;
+
+export const ServiceNameSchema = v.pipe(
+  v.string(`expected a service name matching ${SERVICE_NAME_PATTERN.source}`),
+  v.regex(SERVICE_NAME_PATTERN, `expected a service name matching ${SERVICE_NAME_PATTERN.source}`),
+);
+
+const RequestIdSchema = v.pipe(
+  v.number('expected a non-negative integer'),
+  v.safeInteger('expected a non-negative integer'),
+  v.minValue(0, 'expected a non-negative integer'),
+);
+
+const LineCountSchema = v.pipe(
+  v.number(`expected an integer 0..${MAX_LOG_LINES}`),
+  v.integer(`expected an integer 0..${MAX_LOG_LINES}`),
+  v.minValue(0, `expected an integer 0..${MAX_LOG_LINES}`),
+  v.maxValue(MAX_LOG_LINES, `expected an integer 0..${MAX_LOG_LINES}`),
+);
+
+const envelope = {
+  v: v.literal(
+    PROTOCOL_VERSION,
+    (issue) => `unsupported protocol version ${issue.received} (expected ${PROTOCOL_VERSION})`,
+  ),
+  id: RequestIdSchema,
+};
+
+export const InfoRequestSchema = v.strictObject({ ...envelope, cmd: v.literal('info') });
+export const ListRequestSchema = v.strictObject({ ...envelope, cmd: v.literal('list') });
+export const StatusRequestSchema = v.strictObject({
+  ...envelope,
+  cmd: v.literal('status'),
+  service: ServiceNameSchema,
+});
+export const LogsRequestSchema = v.strictObject({
+  ...envelope,
+  cmd: v.literal('logs'),
+  service: ServiceNameSchema,
+  n: LineCountSchema,
+  follow: v.boolean('expected true or false'),
+});
+export const ServiceActionRequestSchema = v.strictObject({
+  ...envelope,
+  cmd: v.picklist(['start', 'stop', 'restart']),
+  service: ServiceNameSchema,
+});
+
+export const RequestSchema = v.variant(
+  'cmd',
+  [InfoRequestSchema, ListRequestSchema, StatusRequestSchema, LogsRequestSchema, ServiceActionRequestSchema],
+  `expected one of ${COMMANDS.join('|')}`,
+);
+
+export type ControlRequest = v.InferOutput<typeof RequestSchema>;
+export type LogsRequest = v.InferOutput<typeof LogsRequestSchema>;
+
+type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
+/** A request as a caller writes it: the client adds the version and the id. */
+export type ControlCommand = DistributiveOmit<ControlRequest, 'v' | 'id'>;
+
+/** What a successful response carries, per command. */
+export interface CommandResults {
+  info: SupervisorInfo;
+  list: ServiceStatus[];
+  status: ServiceStatus;
+  logs: { lines: LogLine[] };
+  start: ServiceStatus;
+  stop: ServiceStatus;
+  restart: ServiceStatus;
+}
+export type ResultOf<C extends ControlCommand> = CommandResults[C['cmd']];
+
+export interface OkResponse {
+  v: typeof PROTOCOL_VERSION;
+  id: number;
+  ok: true;
+  result: unknown;
+}
+export interface ErrorResponse {
+  v: typeof PROTOCOL_VERSION;
+  id: number;
+  ok: false;
+  error: { code: string; message: string };
+}
+export interface LogEvent {
+  v: typeof PROTOCOL_VERSION;
+  id: number;
+  event: 'log';
+  line: LogLine;
+}
+export type ServerMessage = OkResponse | ErrorResponse | LogEvent;
+
+/**
+ * What the client accepts from the server. Results stay `unknown` here: their shape is the
+ * supervisor's data model, which the server sends as the API returned it.
+ */
+export const ServerMessageSchema = v.union([
+  v.object({ v: v.literal(PROTOCOL_VERSION), id: v.number(), ok: v.literal(true), result: v.unknown() }),
+  v.object({
+    v: v.literal(PROTOCOL_VERSION),
+    id: v.number(),
+    ok: v.literal(false),
+    error: v.object({ code: v.string(), message: v.string() }),
+  }),
+  v.object({
+    v: v.literal(PROTOCOL_VERSION),
+    id: v.number(),
+    event: v.literal('log'),
+    line: v.object({
+      seq: v.number(),
+      ts: v.number(),
+      stream: v.picklist(['stdout', 'stderr']),
+      text: v.string(),
+    }),
+  }),
+]);
+
+/** An `E_BAD_REQUEST` that remembers the request's id when the line got far enough to have one. */
+export class BadRequestError extends ControlError {
+  constructor(
+    message: string,
+    readonly requestId: number = CONNECTION_ERROR_ID,
+  ) {
+    super(ErrorCode.BadRequest, message);
+  }
+}
+
+export function lineTooLongError(): BadRequestError {
+  return new BadRequestError(`request line exceeds ${MAX_LINE_BYTES} bytes`);
+}
+
+/** Validates one request line; never throws. */
+export function parseRequest(line: string): ControlRequest | BadRequestError {
+  if (Buffer.byteLength(line) > MAX_LINE_BYTES) return lineTooLongError();
+  let input: unknown;
+  try {
+    input = JSON.parse(line);
+  } catch {
+    return new BadRequestError('not JSON');
+  }
+  if (typeof input !== 'object' || input === null || Array.isArray(input)) {
+    return new BadRequestError('expected a JSON object');
+  }
+  // Judge the version before the command: a newer client's unknown command is a version problem.
+  const version = v.safeParse(v.object({ v: envelope.v }), input);
+  const parsed = version.success ? v.safeParse(RequestSchema, input, { abortEarly: true }) : version;
+  if (parsed.success) return parsed.output;
+  const id = (input as Record<string, unknown>).id;
+  return new BadRequestError(describeIssue(parsed.issues[0]), v.is(RequestIdSchema, id) ? id : undefined);
+}
+
+function describeIssue(issue: v.BaseIssue<unknown>): string {
+  const field = issue.path?.map((item) => String(item.key)).join('.');
+  if (!field) return issue.message;
+  // strictObject reports a stray key as an "invalid key" where none (`never`) was expected.
+  if (issue.type === 'strict_object' && issue.expected === 'never') return `unknown field "${field}"`;
+  if (issue.received === 'undefined') return `${field}: required`;
+  return `${field}: ${issue.message}`;
+}
+
+/**
+ * Splits a byte stream into lines. Bytes are joined before decoding, so a UTF-8 character split
+ * across chunks survives. With a limit, a line (or an unfinished one) longer than it ends the
+ * reading: the stream cannot be resynchronized without buffering what it was meant to bound.
+ */
+export class LineSplitter {
+  private pending: Buffer[] = [];
+  private pendingBytes = 0;
+  private overflowed = false;
+
+  constructor(private readonly maxLineBytes = Number.POSITIVE_INFINITY) {}
+
+  /** The complete lines in `chunk`, and whether the limit was crossed (after those lines). */
+  push(chunk: Buffer): { lines: string[]; overflow: boolean } {
+    const lines: string[] = [];
+    if (this.overflowed) return { lines, overflow: true };
+    let start = 0;
+    for (let newline = chunk.indexOf(0x0a); newline !== -1; newline = chunk.indexOf(0x0a, start)) {
+      const lineBytes = this.pendingBytes + newline - start;
+      if (lineBytes > this.maxLineBytes) return this.overflow(lines);
+      this.pending.push(chunk.subarray(start, newline));
+      lines.push(Buffer.concat(this.pending, lineBytes).toString('utf8'));
+      this.pending = [];
+      this.pendingBytes = 0;
+      start = newline + 1;
+    }
+    if (start < chunk.length) {
+      this.pending.push(chunk.subarray(start));
+      this.pendingBytes += chunk.length - start;
+      if (this.pendingBytes > this.maxLineBytes) return this.overflow(lines);
+    }
+    return { lines, overflow: false };
+  }
+
+  private overflow(lines: string[]): { lines: string[]; overflow: boolean } {
+    this.overflowed = true;
+    this.pending = [];
+    this.pendingBytes = 0;
+    return { lines, overflow: true };
+  }
+}

@@ -1,0 +1,305 @@
+/**
+ * The control socket: serves `SupervisorApi` to `mosctl` over a root-only unix stream socket.
+ *
+ * The server runs inside PID 1, so no client may bring it down: every line is validated, every
+ * API failure becomes an error response, and a client that disconnects, floods or stops reading
+ * costs at most its own connection.
+ */
+import net from 'node:net';
+import { chmod, lstat, mkdir, unlink } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { ControlError, type SupervisorApi } from './api.ts';
+import {
+  BadRequestError,
+  CONNECTION_ERROR_ID,
+  ErrorCode,
+  LineSplitter,
+  MAX_LINE_BYTES,
+  PROTOCOL_VERSION,
+  lineTooLongError,
+  parseRequest,
+  type ControlRequest,
+  type LogsRequest,
+  type ServerMessage,
+} from './protocol.ts';
+import type { Credentials } from '../../native/types.ts';
+
+export interface ControlServerLogger {
+  info(message: string): void;
+  warn(message: string): void;
+}
+
+export interface ControlServerOptions {
+  /** Filesystem path of the socket, e.g. `/run/mos/control.sock`. */
+  path: string;
+  api: SupervisorApi;
+  /** SO_PEERCRED of an accepted connection's fd (`native.peerCredentials`). */
+  peerCredentials: (fd: number) => Credentials;
+  /** Peers allowed to connect; default root and the uid mos runs as. */
+  allowedUids?: number[];
+  logger?: ControlServerLogger;
+}
+
+export interface ControlServer {
+  /** Stops accepting, drops open connections (ending their follow streams); idempotent. */
+  close(): Promise<void>;
+}
+
+/**
+ * A follower that lets this much output pile up unread is dropped, so a stuck client cannot make
+ * PID 1 buffer a chatty service's logs without bound.
+ */
+const MAX_UNREAD_FOLLOW_BYTES = 4 * 1024 * 1024;
+
+export async function startControlServer(options: ControlServerOptions): Promise<ControlServer> {
+  const { path: socketPath, logger } = options;
+  const allowedUids = new Set(options.allowedUids ?? defaultAllowedUids());
+
+  await mkdir(dirname(socketPath), { recursive: true, mode: 0o700 });
+  await removeStaleSocket(socketPath);
+
+  const connections = new Set<net.Socket>();
+  // Half-open: a client may send its requests and shut its side; it still gets every answer.
+  const server = net.createServer({ allowHalfOpen: true }, (socket) => {
+    connections.add(socket);
+    socket.once('close', () => connections.delete(socket));
+    if (admit(socket, options.peerCredentials, allowedUids, logger)) {
+      new ControlConnection(socket, options.api, logger).serve();
+    }
+  });
+  await listenRootOnly(server, socketPath);
+  // Accept failures (EMFILE, …) are reported here; they must not take PID 1 down.
+  server.on('error', (error) => logger?.warn(`control socket ${socketPath}: ${error.message}`));
+  logger?.info(`control socket listening on ${socketPath}`);
+
+  let closing: Promise<void> | undefined;
+  return {
+    close() {
+      closing ??= new Promise<void>((resolve, reject) => {
+        server.close((error) => (error ? reject(error) : resolve()));
+        for (const socket of connections) socket.destroy();
+      });
+      return closing;
+    },
+  };
+}
+
+function defaultAllowedUids(): number[] {
+  const ownUid = process.getuid?.();
+  return ownUid === undefined ? [0] : [0, ownUid];
+}
+
+/**
+ * A socket file left by a previous run blocks bind(2). Remove it only when it is a socket nobody
+ * answers on: anything else at the path is someone's data, and a live socket is another server.
+ */
+async function removeStaleSocket(socketPath: string): Promise<void> {
+  let stats;
+  try {
+    stats = await lstat(socketPath);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw error;
+  }
+  if (!stats.isSocket()) {
+    throw new Error(`control socket path ${socketPath} exists and is not a socket; refusing to replace it`);
+  }
+  if (await isServing(socketPath)) {
+    throw new Error(`control socket ${socketPath} is in use by another process`);
+  }
+  await unlink(socketPath);
+}
+
+function isServing(socketPath: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = net.createConnection(socketPath);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
+}
+
+async function listenRootOnly(server: net.Server, socketPath: string): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    // bind(2) creates the socket file with 0777 & ~umask, synchronously inside listen(): the
+    // temporary umask makes it 0600 from its first moment instead of after a chmod.
+    const previousUmask = process.umask(0o177);
+    try {
+      server.listen(socketPath, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    } finally {
+      process.umask(previousUmask);
+    }
+  });
+  // A default ACL on the directory overrides the umask; the mode must be exact regardless.
+  await chmod(socketPath, 0o600);
+}
+
+/** Checks the peer's uid; a refused peer gets one `E_PERMISSION` response and is disconnected. */
+function admit(
+  socket: net.Socket,
+  peerCredentials: (fd: number) => Credentials,
+  allowedUids: ReadonlySet<number>,
+  logger: ControlServerLogger | undefined,
+): boolean {
+  let refusal: string;
+  // Node exposes no SO_PEERCRED; the accepted socket's fd is on its libuv handle.
+  const fd = (socket as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
+  if (typeof fd !== 'number' || fd < 0) {
+    refusal = 'permission denied: cannot identify the peer of the control socket';
+  } else {
+    try {
+      const peer = peerCredentials(fd);
+      if (allowedUids.has(peer.uid)) return true;
+      refusal = `permission denied: the control socket is root-only (peer uid ${peer.uid})`;
+    } catch (error) {
+      refusal = `permission denied: cannot read the peer's credentials (${errorMessage(error)})`;
+    }
+  }
+  logger?.warn(`control socket: refused a connection: ${refusal}`);
+  socket.on('error', () => {});
+  const response: ServerMessage = {
+    v: PROTOCOL_VERSION,
+    id: CONNECTION_ERROR_ID,
+    ok: false,
+    error: { code: ErrorCode.Permission, message: refusal },
+  };
+  endAfterFlush(socket, `${JSON.stringify(response)}\n`);
+  return false;
+}
+
+/** Ends our side after the last bytes are out, then closes fully even if the peer never does. */
+function endAfterFlush(socket: net.Socket, lastWords?: string): void {
+  if (lastWords !== undefined) socket.write(lastWords);
+  socket.end(() => socket.destroy());
+}
+
+/** One admitted client: reads its requests and answers them strictly in arrival order. */
+class ControlConnection {
+  private readonly lines = new LineSplitter(MAX_LINE_BYTES);
+  /** Each request's handling is chained here, so answers leave in the order requests came. */
+  private queue: Promise<void> = Promise.resolve();
+  private readonly unsubscribers = new Set<() => void>();
+  /** Set once we have decided to end the connection; later input is ignored. */
+  private ending = false;
+
+  constructor(
+    private readonly socket: net.Socket,
+    private readonly api: SupervisorApi,
+    private readonly logger: ControlServerLogger | undefined,
+  ) {}
+
+  serve(): void {
+    const { socket } = this;
+    socket.on('data', (chunk: Buffer) => this.receive(chunk));
+    // The client is done sending: answer what it sent, then end. That includes a follower, since
+    // on a unix socket a client that has gone away completely looks exactly the same until we
+    // write, and a quiet service might never give us a reason to.
+    socket.on('end', () => this.enqueue(() => endAfterFlush(socket)));
+    // Resets and broken pipes are how clients often leave; 'close' follows and cleans up.
+    socket.on('error', () => {});
+    socket.on('close', () => {
+      for (const unsubscribe of this.unsubscribers) unsubscribe();
+      this.unsubscribers.clear();
+    });
+  }
+
+  private receive(chunk: Buffer): void {
+    if (this.ending) return;
+    const { lines, overflow } = this.lines.push(chunk);
+    for (const line of lines) {
+      if (line.trim() !== '') this.enqueue(() => this.answer(line));
+    }
+    if (overflow) {
+      this.ending = true;
+      this.enqueue(() => {
+        this.sendError(CONNECTION_ERROR_ID, lineTooLongError());
+        endAfterFlush(this.socket);
+      });
+    }
+  }
+
+  private enqueue(task: () => void | Promise<void>): void {
+    this.queue = this.queue.then(task).catch((error: unknown) => {
+      this.logger?.warn(`control connection: ${errorMessage(error)}`);
+      this.socket.destroy();
+    });
+  }
+
+  private async answer(line: string): Promise<void> {
+    const request = parseRequest(line);
+    if (request instanceof BadRequestError) {
+      this.sendError(request.requestId, request);
+      return;
+    }
+    try {
+      if (request.cmd === 'logs' && request.follow) {
+        this.follow(request);
+      } else {
+        this.send({ v: PROTOCOL_VERSION, id: request.id, ok: true, result: await execute(this.api, request) });
+      }
+    } catch (error) {
+      this.sendError(request.id, this.asControlError(request, error));
+    }
+  }
+
+  private follow(request: LogsRequest): void {
+    // The client may have left while this request waited its turn.
+    if (this.socket.destroyed) return;
+    const backlog = this.api.logs(request.service, request.n);
+    // followLogs reports only lines newer than the backlog, and none before this tick ends, so
+    // the response below reaches the client ahead of every event.
+    const unsubscribe = this.api.followLogs(request.service, (line) => {
+      if (this.socket.writableLength > MAX_UNREAD_FOLLOW_BYTES) {
+        this.logger?.warn(`control socket: dropping a log follower of ${request.service} that stopped reading`);
+        this.socket.destroy();
+        return;
+      }
+      this.send({ v: PROTOCOL_VERSION, id: request.id, event: 'log', line });
+    });
+    this.unsubscribers.add(unsubscribe);
+    this.send({ v: PROTOCOL_VERSION, id: request.id, ok: true, result: { lines: backlog } });
+  }
+
+  private asControlError(request: ControlRequest, error: unknown): ControlError {
+    if (error instanceof ControlError) return error;
+    this.logger?.warn(`control request ${request.cmd} failed: ${errorMessage(error)}`);
+    return new ControlError(ErrorCode.Internal, errorMessage(error));
+  }
+
+  private sendError(id: number, error: ControlError): void {
+    this.send({ v: PROTOCOL_VERSION, id, ok: false, error: { code: error.code, message: error.message } });
+  }
+
+  private send(message: ServerMessage): void {
+    if (this.socket.writable) this.socket.write(`${JSON.stringify(message)}\n`);
+  }
+}
+
+async function execute(api: SupervisorApi, request: ControlRequest): Promise<unknown> {
+  switch (request.cmd) {
+    case 'info':
+      return api.info();
+    case 'list':
+      return api.list();
+    case 'status':
+      return api.status(request.service);
+    case 'logs':
+      return { lines: api.logs(request.service, request.n) };
+    case 'start':
+      return api.start(request.service);
+    case 'stop':
+      return api.stop(request.service);
+    case 'restart':
+      return api.restart(request.service);
+  }
+}
+
+function errorMessage(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

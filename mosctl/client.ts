@@ -1,0 +1,153 @@
+/** A connection to mos's control socket: sends requests, matches responses to them by id. */
+import net from 'node:net';
+import * as v from 'valibot';
+import { ControlError } from '../init/control/api.ts';
+import {
+  CONNECTION_ERROR_ID,
+  ErrorCode,
+  LineSplitter,
+  PROTOCOL_VERSION,
+  ServerMessageSchema,
+  type CommandResults,
+  type ControlCommand,
+  type ResultOf,
+} from '../init/control/protocol.ts';
+import type { LogLine } from '../init/log/types.ts';
+
+export type LogsCommand = Extract<ControlCommand, { cmd: 'logs' }>;
+
+interface Waiter {
+  resolve(result: unknown): void;
+  reject(error: ControlError): void;
+  /** For a follow request: where its backlog and its events go. */
+  follower?: (line: LogLine) => void;
+}
+
+export class ControlClient {
+  /** Settles when the connection is gone, whichever side ended it. */
+  readonly closed: Promise<void>;
+  private readonly lines = new LineSplitter();
+  private readonly waiters = new Map<number, Waiter>();
+  private readonly followers = new Map<number, (line: LogLine) => void>();
+  // Ids start at 1: 0 marks errors about the whole connection.
+  private nextId = CONNECTION_ERROR_ID + 1;
+  /** Why the connection ended or can no longer be used; set once. */
+  private failure: ControlError | null = null;
+
+  private constructor(
+    private readonly socket: net.Socket,
+    path: string,
+  ) {
+    socket.on('data', (chunk: Buffer) => {
+      for (const line of this.lines.push(chunk).lines) this.receive(line);
+    });
+    socket.on('error', (error) => {
+      const message = `lost the connection to mos at ${path}: ${error.message}`;
+      this.failure ??= new ControlError(ErrorCode.Unreachable, message);
+    });
+    this.closed = new Promise((resolve) => {
+      socket.once('close', () => {
+        this.failure ??= new ControlError(ErrorCode.Unreachable, `mos closed the connection at ${path}`);
+        this.rejectAll(this.failure);
+        this.followers.clear();
+        resolve();
+      });
+    });
+  }
+
+  static connect(path: string): Promise<ControlClient> {
+    return new Promise((resolve, reject) => {
+      const socket = net.createConnection(path);
+      const onError = (error: NodeJS.ErrnoException) => reject(unreachable(path, error));
+      socket.once('error', onError);
+      socket.once('connect', () => {
+        socket.off('error', onError);
+        resolve(new ControlClient(socket, path));
+      });
+    });
+  }
+
+  /** Sends one request; rejects with the server's `ControlError` when it answers with an error. */
+  request<C extends ControlCommand>(command: C): Promise<ResultOf<C>> {
+    return this.send(command) as Promise<ResultOf<C>>;
+  }
+
+  /**
+   * Follows a service's log: `onLine` gets the backlog (the last `n` lines) and then every new
+   * line, in order, until the connection closes (`closed`). Resolves once the stream is set up.
+   */
+  async stream(command: LogsCommand & { follow: true }, onLine: (line: LogLine) => void): Promise<void> {
+    await this.send(command, onLine);
+  }
+
+  /** Closes the connection at once; a follow stream ends and `closed` settles. */
+  close(): void {
+    this.failure ??= new ControlError(ErrorCode.Unreachable, 'the connection to mos was closed');
+    this.socket.destroy();
+  }
+
+  private send(command: ControlCommand, follower?: (line: LogLine) => void): Promise<unknown> {
+    if (this.failure) return Promise.reject(this.failure);
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.waiters.set(id, { resolve, reject, follower });
+      if (follower) this.followers.set(id, follower);
+      this.socket.write(`${JSON.stringify({ v: PROTOCOL_VERSION, id, ...command })}\n`);
+    });
+  }
+
+  private receive(line: string): void {
+    let parsed;
+    try {
+      parsed = v.safeParse(ServerMessageSchema, JSON.parse(line));
+    } catch {
+      parsed = undefined;
+    }
+    if (!parsed?.success) {
+      this.failure ??= new ControlError(ErrorCode.Internal, 'mos sent a response this mosctl cannot read');
+      this.socket.destroy();
+      return;
+    }
+    const message = parsed.output;
+    if ('event' in message) {
+      this.followers.get(message.id)?.(message.line);
+      return;
+    }
+    if (message.ok === false && message.id === CONNECTION_ERROR_ID) {
+      // The server refused the connection or gave up on it; every request shares that fate.
+      this.failure ??= new ControlError(message.error.code, message.error.message);
+      this.rejectAll(this.failure);
+      return;
+    }
+    const waiter = this.waiters.get(message.id);
+    if (!waiter) return;
+    this.waiters.delete(message.id);
+    if (message.ok) {
+      // The backlog is handed over here, synchronously: events that arrived in the same read
+      // must not overtake it, as they would if the caller printed it after an await.
+      if (waiter.follower) for (const line of (message.result as CommandResults['logs']).lines) waiter.follower(line);
+      waiter.resolve(message.result);
+    } else {
+      this.followers.delete(message.id);
+      waiter.reject(new ControlError(message.error.code, message.error.message));
+    }
+  }
+
+  private rejectAll(error: ControlError): void {
+    for (const waiter of this.waiters.values()) waiter.reject(error);
+    this.waiters.clear();
+  }
+}
+
+function unreachable(path: string, error: NodeJS.ErrnoException): ControlError {
+  switch (error.code) {
+    case 'ENOENT':
+      return new ControlError(ErrorCode.Unreachable, `cannot reach mos: no control socket at ${path}`);
+    case 'EACCES':
+      return new ControlError(ErrorCode.Permission, `permission denied: ${path} is root-only`);
+    case 'ECONNREFUSED':
+      return new ControlError(ErrorCode.Unreachable, `cannot reach mos at ${path}: nothing is listening`);
+    default:
+      return new ControlError(ErrorCode.Unreachable, `cannot reach mos at ${path}: ${error.message}`);
+  }
+}

@@ -1,0 +1,212 @@
+/** `mosctl`: the operator's command line for a running mos, over its control socket. */
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import * as v from 'valibot';
+import { ControlError } from '../init/control/api.ts';
+import { ErrorCode, MAX_LOG_LINES, ServiceNameSchema } from '../init/control/protocol.ts';
+import type { LogLine } from '../init/log/types.ts';
+import type { ServiceStatus } from '../init/supervisor/types.ts';
+import { ControlClient } from './client.ts';
+import {
+  renderInfo,
+  renderList,
+  renderLogLine,
+  renderStatus,
+  renderStatusLine,
+  type RenderOptions,
+} from './render.ts';
+
+/** Where output goes; tests capture it instead of the process's streams. */
+export interface CliIo {
+  out(text: string): void;
+  err(text: string): void;
+  /** Whether `out` is a terminal, which turns colors on. */
+  isTTY: boolean;
+}
+
+export const DEFAULT_SOCKET = '/run/mos/control.sock';
+
+/** Exit codes, after LSB init-script conventions and sysexits.h. */
+export const ExitCode = {
+  Ok: 0,
+  /** mos reported that the operation failed. */
+  Failure: 1,
+  /** LSB 4: insufficient privilege. */
+  Permission: 4,
+  /** LSB 5: program is not installed, i.e. no such service. */
+  UnknownService: 5,
+  /** EX_USAGE */
+  Usage: 64,
+  /** EX_UNAVAILABLE: mos cannot be reached. */
+  Unavailable: 69,
+} as const;
+
+/** Log lines shown under `mosctl status <service>`, as systemctl does. */
+const STATUS_LOG_LINES = 10;
+
+interface GlobalOptions {
+  socket: string;
+  json?: boolean;
+}
+
+export async function main(argv: string[], io: CliIo = processIo()): Promise<number> {
+  let exitCode: number = ExitCode.Ok;
+  const program = buildProgram(io, (code) => {
+    exitCode = code;
+  });
+  try {
+    await program.parseAsync(argv);
+    return exitCode;
+  } catch (error) {
+    // Commander has already printed its own errors (and help) through `io`.
+    if (error instanceof CommanderError) return error.exitCode === 0 ? ExitCode.Ok : ExitCode.Usage;
+    const failure =
+      error instanceof ControlError
+        ? error
+        : new ControlError(ErrorCode.Internal, error instanceof Error ? error.message : String(error));
+    io.err(`mosctl: ${failure.message}\n`);
+    return exitCodeFor(failure.code);
+  }
+}
+
+function exitCodeFor(code: string): number {
+  switch (code) {
+    case ErrorCode.Permission:
+      return ExitCode.Permission;
+    case ErrorCode.UnknownService:
+      return ExitCode.UnknownService;
+    case ErrorCode.Unreachable:
+      return ExitCode.Unavailable;
+    default:
+      return ExitCode.Failure;
+  }
+}
+
+function processIo(): CliIo {
+  return {
+    out: (text) => process.stdout.write(text),
+    err: (text) => process.stderr.write(text),
+    isTTY: process.stdout.isTTY === true,
+  };
+}
+
+function buildProgram(io: CliIo, setExitCode: (code: number) => void): Command {
+  const program = new Command('mosctl')
+    .description('control a running mos')
+    .addOption(
+      new Option('--socket <path>', 'control socket of mos').env('MOSCTL_SOCKET').default(DEFAULT_SOCKET),
+    )
+    .option('--json', 'print results as JSON for machines')
+    // Set before any subcommand exists: subcommands copy these settings when created.
+    .exitOverride()
+    .configureOutput({
+      writeOut: (text) => io.out(text),
+      writeErr: (text) => io.err(text),
+      outputError: (text, write) => write(`mosctl: ${text.replace(/^error: /, '')}`),
+    })
+    .showHelpAfterError('(see mosctl --help)');
+
+  const globals = () => program.opts<GlobalOptions>();
+  const renderOptions: RenderOptions = { color: io.isTTY && !process.env.NO_COLOR };
+  const print = (text: string) => io.out(`${text}\n`);
+  const printJson = (value: unknown) => print(JSON.stringify(value));
+  const withClient = async (run: (client: ControlClient) => Promise<void>) => {
+    const client = await ControlClient.connect(globals().socket);
+    try {
+      await run(client);
+    } finally {
+      client.close();
+    }
+  };
+
+  program
+    .command('status')
+    .description('show mos and all services, or one service in detail')
+    .argument('[service]', 'service name', parseServiceName)
+    .action((service: string | undefined) =>
+      withClient(async (client) => {
+        const now = Date.now();
+        if (service === undefined) {
+          const info = await client.request({ cmd: 'info' });
+          const services = await client.request({ cmd: 'list' });
+          if (globals().json) printJson({ info, services });
+          else print(`${renderInfo(info, now, renderOptions)}\n\n${renderList(services, now, renderOptions)}`);
+          return;
+        }
+        const status = await client.request({ cmd: 'status', service });
+        if (globals().json) return printJson(status);
+        const { lines } = await client.request({ cmd: 'logs', service, n: STATUS_LOG_LINES, follow: false });
+        print(renderStatus(status, lines, now, renderOptions));
+      }),
+    );
+
+  program
+    .command('list')
+    .description('list services')
+    .action(() =>
+      withClient(async (client) => {
+        const services = await client.request({ cmd: 'list' });
+        if (globals().json) printJson(services);
+        else print(renderList(services, Date.now(), renderOptions));
+      }),
+    );
+
+  program
+    .command('logs')
+    .description("show a service's recent output")
+    .argument('<service>', 'service name', parseServiceName)
+    .option('-f, --follow', 'keep printing new lines until interrupted')
+    .option('-n, --lines <N>', `how many recent lines (0..${MAX_LOG_LINES})`, parseLineCount, 20)
+    .action((service: string, options: { follow?: boolean; lines: number }) =>
+      withClient(async (client) => {
+        const { json } = globals();
+        const printLine = json ? printJson : (line: LogLine) => print(renderLogLine(line));
+        if (!options.follow) {
+          const result = await client.request({ cmd: 'logs', service, n: options.lines, follow: false });
+          if (json) printJson(result);
+          else result.lines.forEach(printLine);
+          return;
+        }
+        // Interrupting a follow is its normal end: close the connection and exit 0.
+        const stop = () => client.close();
+        process.once('SIGINT', stop);
+        try {
+          await client.stream({ cmd: 'logs', service, n: options.lines, follow: true }, printLine);
+          await client.closed;
+        } finally {
+          process.off('SIGINT', stop);
+        }
+      }),
+    );
+
+  for (const action of ['start', 'stop', 'restart'] as const) {
+    program
+      .command(action)
+      .description(`${action} a service`)
+      .argument('<service>', 'service name', parseServiceName)
+      .action((service: string) =>
+        withClient(async (client) => {
+          const status: ServiceStatus = await client.request({ cmd: action, service });
+          if (globals().json) printJson(status);
+          else print(renderStatusLine(status, renderOptions));
+          // mos accepted the request, but the service ended up failed: the operation failed.
+          if (status.state === 'failed') setExitCode(ExitCode.Failure);
+        }),
+      );
+  }
+
+  return program;
+}
+
+function parseServiceName(value: string): string {
+  const parsed = v.safeParse(ServiceNameSchema, value);
+  if (!parsed.success) throw new InvalidArgumentError(parsed.issues[0].message);
+  return parsed.output;
+}
+
+function parseLineCount(value: string): number {
+  const count = Number(value);
+  if (!/^\d+$/.test(value) || count > MAX_LOG_LINES) {
+    throw new InvalidArgumentError(`expected an integer 0..${MAX_LOG_LINES}`);
+  }
+  return count;
+}
