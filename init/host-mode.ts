@@ -1,0 +1,116 @@
+/**
+ * Host mode: the supervisor as an ordinary process (a child subreaper) over a service file and a
+ * state directory, instead of a machine's PID 1. Developers try services with it, and most
+ * integration tests and the benchmarks run it.
+ *
+ * State directory layout:
+ *   control.sock   the control API (mode 0600, root-only)
+ *   notify.sock    the sd_notify socket handed to services as $NOTIFY_SOCKET
+ *   logs/          per-service rotated log files
+ */
+import { lstatSync, mkdirSync, readFileSync, unlinkSync } from 'node:fs';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import type { Native } from '../native/types.ts';
+import { startControlServer } from './control/server.ts';
+import { ServiceLogStore } from './log/service-log-store.ts';
+import { ConfigError, parseServiceFile } from './supervisor/spec.ts';
+import { Supervisor } from './supervisor/supervisor.ts';
+import type { ServiceSpec } from './supervisor/types.ts';
+
+export interface HostModeOptions {
+  configPath: string;
+  stateDir: string;
+  native: Native;
+  logger: Logger;
+  /** Bound on stopping everything at SIGTERM/SIGINT. */
+  shutdownDeadlineMs?: number;
+}
+
+export interface HostModeHandle {
+  supervisor: Supervisor;
+  /** Stops every service in order, closes the sockets and log files. */
+  shutdown(reason: string): Promise<void>;
+}
+
+/** A stale socket from a previous run may be replaced; anything else at the path is an error. */
+function removeStaleSocket(socketPath: string): void {
+  try {
+    if (lstatSync(socketPath).isSocket()) unlinkSync(socketPath);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+  }
+}
+
+function loadServices(configPath: string): { specs: ServiceSpec[]; error: string | null } {
+  let text: string;
+  try {
+    text = readFileSync(configPath, 'utf8');
+  } catch (error) {
+    return { specs: [], error: `${configPath}: cannot read: ${(error as Error).message}` };
+  }
+  try {
+    return { specs: parseServiceFile(text, configPath), error: null };
+  } catch (error) {
+    if (error instanceof ConfigError) return { specs: [], error: error.message };
+    throw error;
+  }
+}
+
+export async function runHostMode(options: HostModeOptions): Promise<HostModeHandle> {
+  const { native, logger } = options;
+  const stateDir = path.resolve(options.stateDir);
+  mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+  native.setChildSubreaper();
+
+  const logs = new ServiceLogStore({
+    dir: path.join(stateDir, 'logs'),
+    pipe: () => native.pipe(),
+    onError: (error) => logger.error({ err: error }, 'service log capture failed'),
+  });
+  const notifySocketPath = path.join(stateDir, 'notify.sock');
+  removeStaleSocket(notifySocketPath);
+  const supervisor = new Supervisor({
+    native,
+    logs,
+    logger,
+    notifySocketPath,
+    mode: 'host',
+    configPath: path.resolve(options.configPath),
+  });
+
+  // The one reaper: every exit, ours or an orphan's, is collected here.
+  const onChild = () => supervisor.reapChildren();
+  process.on('SIGCHLD', onChild);
+
+  const { specs, error } = loadServices(options.configPath);
+  // A bad file runs nothing (never half of it), but the supervisor stays up to say why.
+  if (error) supervisor.setHealth('config-error', error);
+  supervisor.load(specs);
+  supervisor.listenForNotifications();
+
+  const control = await startControlServer({
+    path: path.join(stateDir, 'control.sock'),
+    api: supervisor,
+    peerCredentials: (fd) => native.peerCredentials(fd),
+    logger,
+  });
+  logger.info({ stateDir, services: specs.length }, 'mos host mode ready');
+  supervisor.startAll();
+  supervisor.reapChildren();
+
+  let stopping: Promise<void> | null = null;
+  const shutdown = (reason: string) => {
+    stopping ??= (async () => {
+      logger.info({ reason }, 'shutting down');
+      const report = await supervisor.stopAll(options.shutdownDeadlineMs ?? 30_000);
+      if (report.killed.length > 0) logger.warn({ killed: report.killed }, `had to kill: ${report.killed.join(', ')}`);
+      await control.close();
+      supervisor.close();
+      await logs.close();
+      process.off('SIGCHLD', onChild);
+    })();
+    return stopping;
+  };
+  return { supervisor, shutdown };
+}

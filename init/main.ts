@@ -1,0 +1,81 @@
+/**
+ * mos-init entry point: parses the command line and wires the ports. No logic lives here.
+ *
+ *   mos-init --host --config FILE --state-dir DIR   supervise FILE's services as a normal process
+ *   mos-init --check --config FILE                  validate FILE and exit (0 valid, 1 invalid)
+ */
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import pino from 'pino';
+import { loadNative } from '../native/index.ts';
+import { runHostMode } from './host-mode.ts';
+import { ConfigError, parseServiceFile } from './supervisor/spec.ts';
+
+const USAGE = `usage: mos-init --host --config FILE --state-dir DIR
+       mos-init --check --config FILE`;
+
+function fail(message: string, code = 64): never {
+  process.stderr.write(`mos-init: ${message}\n${USAGE}\n`);
+  process.exit(code);
+}
+
+function check(configPath: string): never {
+  try {
+    const specs = parseServiceFile(readFileSync(configPath, 'utf8'), configPath);
+    process.stdout.write(`${configPath}: ${specs.length} services, valid\n`);
+    process.exit(0);
+  } catch (error) {
+    const message = error instanceof ConfigError ? error.problems.map((p) => `  ${p}`).join('\n') : `  ${(error as Error).message}`;
+    process.stderr.write(`${configPath}: invalid\n${message}\n`);
+    process.exit(1);
+  }
+}
+
+async function main(): Promise<void> {
+  let args;
+  try {
+    args = parseArgs({
+      options: {
+        host: { type: 'boolean' },
+        check: { type: 'boolean' },
+        config: { type: 'string' },
+        'state-dir': { type: 'string' },
+      },
+      strict: true,
+    }).values;
+  } catch (error) {
+    fail((error as Error).message);
+  }
+  if (args.check) {
+    if (!args.config) fail('--check needs --config FILE');
+    check(args.config);
+  }
+  if (!args.host) fail('only host mode (--host) is available in this build');
+  if (!args.config || !args['state-dir']) fail('--host needs --config FILE and --state-dir DIR');
+
+  // Synchronous writes: a log line must never be lost to a crash or wait on the event loop.
+  const logger = pino({ level: process.env.MOS_LOG_LEVEL ?? 'info', base: { mos: process.pid } }, pino.destination({ fd: 2, sync: true }));
+  const native = loadNative();
+  const host = await runHostMode({ configPath: args.config, stateDir: args['state-dir'], native, logger });
+
+  // An unexpected error must not take the services down with the supervisor: report it and
+  // show it in the status; the supervisor keeps running.
+  process.on('uncaughtException', (error) => {
+    logger.fatal({ err: error }, 'unexpected error');
+    host.supervisor.setHealth('emergency', `unexpected error: ${error.message}`);
+  });
+  process.on('unhandledRejection', (error) => {
+    logger.fatal({ err: error }, 'unhandled rejection');
+    host.supervisor.setHealth('emergency', `unhandled rejection: ${String(error)}`);
+  });
+  for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
+    process.on(signal, () => {
+      void host.shutdown(signal).then(() => process.exit(0));
+    });
+  }
+}
+
+void main().catch((error: unknown) => {
+  process.stderr.write(`mos-init: ${(error as Error).stack ?? String(error)}\n`);
+  process.exit(70);
+});

@@ -1,0 +1,53 @@
+#!/usr/bin/env node
+// Makes a fresh Debian 12 checkout ready to test, demo and benchmark: installs what is missing
+// (Debian packages, npm dependencies), builds the addon and the bundles. Idempotent and quiet
+// when everything is already there. Plain Node with no dependencies: it runs before `npm ci`.
+import { execFileSync } from 'node:child_process';
+import { existsSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
+
+/** Debian packages the tests use as real peers and test clients (command → package). */
+const APT_COMMANDS = {
+  python3: 'python3', // sd_notify test clients (Node cannot send unix datagrams)
+  perl: 'perl', // the orphan-storm generator
+  make: 'make',
+  g: 'g++',
+};
+
+function run(command, args, options = {}) {
+  execFileSync(command, args, { stdio: 'inherit', cwd: root, ...options });
+}
+
+function hasCommand(name) {
+  const command = name === 'g' ? 'g++' : name;
+  return ['/usr/bin', '/bin', '/usr/sbin', '/sbin', '/usr/local/bin'].some((dir) => existsSync(path.join(dir, command)));
+}
+
+function ensureAptPackages(commands) {
+  const missing = [...new Set(Object.entries(commands).filter(([command]) => !hasCommand(command)).map(([, pkg]) => pkg))];
+  if (missing.length === 0) return;
+  if (process.getuid?.() !== 0) throw new Error(`missing Debian packages (run as root to install): ${missing.join(' ')}`);
+  console.log(`setup: apt-get install ${missing.join(' ')}`);
+  run('apt-get', ['update', '-qq']);
+  run('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...missing], { env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
+}
+
+function ensureNodeModules() {
+  const installed = path.join(root, 'node_modules', '.package-lock.json');
+  const lock = path.join(root, 'package-lock.json');
+  if (existsSync(installed) && statSync(installed).mtimeMs >= statSync(lock).mtimeMs) return;
+  console.log('setup: npm ci');
+  run('npm', ['ci', '--no-audit', '--no-fund']);
+}
+
+export function setup({ aptCommands = {} } = {}) {
+  ensureAptPackages({ ...APT_COMMANDS, ...aptCommands });
+  ensureNodeModules();
+  run(process.execPath, [path.join(root, 'scripts', 'build-addon.mjs')]);
+  run(process.execPath, [path.join(root, 'scripts', 'build-bundle.mjs')]);
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) setup();
