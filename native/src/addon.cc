@@ -1,0 +1,17 @@
+// Module registration: the exports are exactly the methods of `Native` in native/types.ts.
+#include "addon.h"
+
+namespace {
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  mos::RegisterSpawn(env, exports);
+  mos::RegisterReap(env, exports);
+  mos::RegisterSocket(env, exports);
+  mos::RegisterPoll(env, exports);
+  mos::RegisterMount(env, exports);
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(mos_native, Init)
