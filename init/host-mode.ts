@@ -66,6 +66,9 @@ export async function runHostMode(options: HostModeOptions): Promise<HostModeHan
   const logs = new ServiceLogStore({
     dir: path.join(stateDir, 'logs'),
     pipe: () => native.pipe(),
+    // 4 files of 4 MiB a service: a burst of 100,000 typical lines fits without rotating any away.
+    fileMaxBytes: 4 * 1024 * 1024,
+    fileKeep: 3,
     onError: (error) => logger.error({ err: error }, 'service log capture failed'),
   });
   const notifySocketPath = path.join(stateDir, 'notify.sock');
