@@ -6,6 +6,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import v8 from 'node:v8';
 import pino from 'pino';
 import { loadNative } from '../native/index.ts';
 import { runHostMode } from './host-mode.ts';
@@ -32,6 +33,10 @@ function check(configPath: string): never {
 }
 
 async function main(): Promise<void> {
+  // A supervisor is mostly idle and must stay small: without the optimizing compilers and with
+  // a young generation that does not grow, mos at 100 services uses ~9 MB less (RSS 60 → 51 MB,
+  // measured on the host); baseline-compiled code keeps log bursts fast.
+  v8.setFlagsFromString('--no-opt --no-maglev --semi-space-growth-factor=1');
   let args;
   try {
     args = parseArgs({

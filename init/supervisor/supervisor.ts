@@ -34,8 +34,13 @@ export interface SupervisorClock {
 export const systemClock: SupervisorClock = {
   wallNow: () => Date.now(),
   monoNow: () => performance.now(),
-  setTimeout: (callback, ms) => setTimeout(callback, ms),
-  clearTimeout: (handle) => clearTimeout(handle as NodeJS.Timeout),
+  // A zero delay (an immediate restart) runs in this loop turn's check phase: setTimeout would
+  // add at least a millisecond to every restart.
+  setTimeout: (callback, ms) => (ms <= 0 ? { immediate: setImmediate(callback) } : setTimeout(callback, ms)),
+  clearTimeout: (handle) => {
+    if (handle && typeof handle === 'object' && 'immediate' in handle) clearImmediate((handle as { immediate: NodeJS.Immediate }).immediate);
+    else clearTimeout(handle as NodeJS.Timeout);
+  },
 };
 
 /** The structured logger the supervisor writes to (pino's shape). */
