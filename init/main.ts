@@ -3,17 +3,75 @@
  *
  *   mos-init --host --config FILE --state-dir DIR   supervise FILE's services as a normal process
  *   mos-init --check --config FILE                  validate FILE and exit (0 valid, 1 invalid)
+ *   mos-init                                         as PID 1: boot the machine (docs/boot.md)
+ *   mos-init --pid1 --no-early-mounts [--config FILE] [--state-dir DIR] [--console PATH|-]
+ *            [--cmdline TEXT]                        PID 1 of a PID namespace (tests)
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import v8 from 'node:v8';
 import pino from 'pino';
 import { loadNative } from '../native/index.ts';
+import { PID1_DEFAULTS, runPid1 } from './boot/pid1.ts';
 import { runHostMode } from './host-mode.ts';
 import { ConfigError, parseServiceFile } from './supervisor/spec.ts';
 
 const USAGE = `usage: mos-init --host --config FILE --state-dir DIR
-       mos-init --check --config FILE`;
+       mos-init --check --config FILE
+       mos-init --pid1 [--no-early-mounts] [--config FILE] [--state-dir DIR] [--console PATH|-] [--cmdline TEXT]`;
+
+/** Set by esbuild's `define` for dist/mos-init-test.mjs only; undefined everywhere else. */
+declare const MOS_TEST_HOOKS: boolean | undefined;
+const TEST_HOOKS = typeof MOS_TEST_HOOKS !== 'undefined' && MOS_TEST_HOOKS === true;
+
+/**
+ * PID 1 never exits, whatever fails here: without the addon it cannot even reap, so it says why
+ * on the console and waits (the kernel would panic if it exited).
+ */
+function pid1CannotStart(message: string): void {
+  try {
+    writeFileSync('/dev/console', `mos: emergency: ${message}\n`);
+  } catch {
+    // No console either: nothing more to do.
+  }
+  setInterval(() => {}, 1 << 30);
+}
+
+function pid1Main(): void {
+  // The kernel passes unknown command-line words to init as arguments: never fail on them.
+  const { values } = parseArgs({
+    options: {
+      pid1: { type: 'boolean' },
+      'no-early-mounts': { type: 'boolean' },
+      config: { type: 'string' },
+      'state-dir': { type: 'string' },
+      console: { type: 'string' },
+      cmdline: { type: 'string' },
+    },
+    strict: false,
+    allowPositionals: true,
+  });
+  const text = (value: unknown) => (typeof value === 'string' ? value : null);
+  let native;
+  try {
+    native = loadNative();
+  } catch (error) {
+    pid1CannotStart((error as Error).message);
+    return;
+  }
+  const initMainMs = native.bootTimeMs();
+  runPid1({
+    native,
+    configPath: text(values.config),
+    stateDir: text(values['state-dir']) ?? PID1_DEFAULTS.stateDir,
+    earlyMounts: values['no-early-mounts'] !== true,
+    consolePath: text(values.console) ?? PID1_DEFAULTS.consolePath,
+    cmdlineText: text(values.cmdline),
+    testHooks: TEST_HOOKS,
+    initExecMs: initMainMs - process.uptime() * 1000,
+    initMainMs,
+  });
+}
 
 function fail(message: string, code = 64): never {
   process.stderr.write(`mos-init: ${message}\n${USAGE}\n`);
@@ -37,6 +95,11 @@ async function main(): Promise<void> {
   // a young generation that does not grow, mos at 100 services uses ~9 MB less (RSS 60 → 51 MB,
   // measured on the host); baseline-compiled code keeps log bursts fast.
   v8.setFlagsFromString('--no-opt --no-maglev --semi-space-growth-factor=1');
+  if (process.pid === 1) return pid1Main();
+  if (process.argv.includes('--pid1')) {
+    // Only as PID 1 of a PID namespace: reboot(2) and kill(-1) from anywhere else hit the host.
+    fail('--pid1 needs to run as PID 1 (e.g. unshare --pid --fork --mount --mount-proc ...)');
+  }
   let args;
   try {
     args = parseArgs({
@@ -81,6 +144,7 @@ async function main(): Promise<void> {
 }
 
 void main().catch((error: unknown) => {
+  if (process.pid === 1) return pid1CannotStart((error as Error).stack ?? String(error));
   process.stderr.write(`mos-init: ${(error as Error).stack ?? String(error)}\n`);
   process.exit(70);
 });

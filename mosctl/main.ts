@@ -8,6 +8,7 @@ import type { ServiceStatus } from '../init/supervisor/types.ts';
 import { ControlClient } from './client.ts';
 import {
   renderInfo,
+  renderTimeline,
   renderList,
   renderLogLine,
   renderStatus,
@@ -190,6 +191,30 @@ function buildProgram(io: CliIo, setExitCode: (code: number) => void): Command {
           else print(renderStatusLine(status, renderOptions));
           // mos accepted the request, but the service ended up failed: the operation failed.
           if (status.state === 'failed') setExitCode(ExitCode.Failure);
+        }),
+      );
+  }
+
+  program
+    .command('analyze')
+    .description('show the boot timeline (kernel start, /init, each boot phase, first exec, services ready)')
+    .action(() =>
+      withClient(async (client) => {
+        const timeline = await client.request({ cmd: 'analyze' });
+        if (globals().json) printJson(timeline);
+        else print(renderTimeline(timeline, renderOptions));
+      }),
+    );
+
+  for (const action of ['poweroff', 'reboot', 'halt'] as const) {
+    program
+      .command(action)
+      .description(`stop every service in order, then ${action} the machine`)
+      .action(() =>
+        withClient(async (client) => {
+          const accepted = await client.request({ cmd: action });
+          if (globals().json) printJson(accepted);
+          else print(`mos: ${accepted.action} requested; shutting down`);
         }),
       );
   }

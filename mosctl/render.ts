@@ -4,6 +4,7 @@
  * trailing newline. Times are shown in UTC, like the machine's clock.
  */
 import type { SupervisorInfo } from '../init/control/api.ts';
+import { computeTimelineRows, formatBootMs, summarizeTimeline, type BootTimeline } from '../init/boot/timeline.ts';
 import type { LogLine } from '../init/log/types.ts';
 import type { ExitInfo, ServiceState, ServiceStatus } from '../init/supervisor/types.ts';
 
@@ -179,5 +180,44 @@ export function renderInfo(info: SupervisorInfo, now: number, options: RenderOpt
     `health: ${health}${info.reason === null ? '' : ` — ${info.reason}`}`,
   ];
   if (info.configPath !== null) text.push(`config: ${info.configPath}`);
+  if (info.boot) text.push(`boot: ${summarizeTimeline(info.boot)}`);
   return text.join('\n');
+}
+
+/**
+ * `mosctl analyze`: the boot timeline as a table, times on the guest's CLOCK_BOOTTIME (0 is the
+ * kernel's start), each row with the time since the previous one; phases with their duration,
+ * failure policy and outcome.
+ */
+export function renderTimeline(timeline: BootTimeline | null, options: RenderOptions = PLAIN): string {
+  if (timeline === null) return 'no boot timeline: mos is not PID 1 (host mode)';
+  const header = ['EVENT', 'AT', 'SINCE-PREV', 'TOOK', 'POLICY', 'RESULT'];
+  const rows = computeTimelineRows(timeline).map((row) => {
+    const result = [row.status, row.detail].filter((part) => part !== null && part !== '').join(': ');
+    return {
+      cells: [
+        row.event,
+        formatBootMs(row.atMs),
+        `+${formatBootMs(row.deltaMs)}`,
+        row.durationMs === null ? '' : formatBootMs(row.durationMs),
+        row.policy ?? '',
+        result,
+      ],
+      tone: (row.status === 'failed' || row.status === 'emergency' ? 'bad' : row.status === 'ok' ? 'good' : 'quiet') as Tone,
+    };
+  });
+  const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => row.cells[column]!.length)));
+  const last = header.length - 1;
+  const format = (cells: string[], tone: Tone) =>
+    cells
+      .map((cell, column) => {
+        if (column === last) return paint(cell, tone, options);
+        // Times line up on the right, words on the left.
+        return column >= 1 && column <= 3 ? cell.padStart(widths[column]!) : cell.padEnd(widths[column]!);
+      })
+      .join('  ')
+      .trimEnd();
+  const lines = [format(header, 'quiet'), ...rows.map((row) => format(row.cells, row.tone))];
+  lines.push('', summarizeTimeline(timeline));
+  return lines.join('\n');
 }

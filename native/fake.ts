@@ -8,13 +8,26 @@ import type {
   ChildExit,
   CredDatagram,
   Credentials,
+  LoadModuleOptions,
   MountRequest,
   Native,
   NativeError,
   ReadableWatch,
+  SignalWatch,
   SpawnOptions,
   SpawnStage,
 } from './types.ts';
+
+/** glibc's signal numbers on x86-64 Linux, for the fake's `signalNumber` (SIGRTMIN is 34). */
+const FAKE_SIGNALS: Record<string, number> = {
+  SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGILL: 4, SIGTRAP: 5, SIGABRT: 6, SIGBUS: 7, SIGFPE: 8,
+  SIGKILL: 9, SIGUSR1: 10, SIGSEGV: 11, SIGUSR2: 12, SIGPIPE: 13, SIGALRM: 14, SIGTERM: 15,
+  SIGSTKFLT: 16, SIGCHLD: 17, SIGCONT: 18, SIGSTOP: 19, SIGTSTP: 20, SIGTTIN: 21, SIGTTOU: 22,
+  SIGURG: 23, SIGXCPU: 24, SIGXFSZ: 25, SIGVTALRM: 26, SIGPROF: 27, SIGWINCH: 28, SIGIO: 29,
+  SIGPWR: 30, SIGSYS: 31,
+};
+const FAKE_SIGRTMIN = 34;
+const FAKE_SIGRTMAX = 64;
 
 /**
  * A NativeError as the addon makes it: message `<syscall> <CODE>[ <path>]`, `errno` from
@@ -73,6 +86,26 @@ export class FakeNative implements Native {
   failNextMount?: string;
   failNextUmount?: string;
   readonly reboots: ('restart' | 'halt' | 'poweroff')[] = [];
+  /** Makes `reboot` throw this errno name (like a reboot(2) that returned). */
+  failReboot?: string;
+
+  /** Every loadModule call, in order (also the failed ones). */
+  readonly loadedModules: { path: string; params: string; compressed: boolean }[] = [];
+  /** Module path -> errno name its load fails with (e.g. `EEXIST`, `ENOENT`). */
+  readonly failModules = new Map<string, string>();
+  /** Signal number -> the callbacks watching it. */
+  readonly signalWatchers = new Map<number, Set<(signum: number) => void>>();
+  ctrlAltDelSignal = false;
+  /** Makes setCtrlAltDelSignal throw this errno name. */
+  failCtrlAltDel?: string;
+  /** What `bootTimeMs` returns; tests move it forward. */
+  bootTime = 1000;
+  readonly mknods: { path: string; mode: number; major: number; minor: number }[] = [];
+  syncs = 0;
+  /** Every killAll signal, in order. */
+  readonly killAllSignals: string[] = [];
+  /** What `killAll` returns (whether anything got the signal). */
+  killAllResult = false;
 
   private nextPid = 1000;
   private nextFd = 100;
@@ -193,6 +226,63 @@ export class FakeNative implements Native {
 
   reboot(command: 'restart' | 'halt' | 'poweroff'): void {
     this.reboots.push(command);
+    const code = this.failReboot;
+    if (code !== undefined) throw createNativeError('reboot', code);
+  }
+
+  async loadModule(path: string, params: string, options: LoadModuleOptions = {}): Promise<void> {
+    this.loadedModules.push({ path, params, compressed: options.compressed ?? false });
+    const code = this.failModules.get(path);
+    if (code !== undefined) throw createNativeError('finit_module', code, path);
+  }
+
+  watchSignal(signum: number, onSignal: (signum: number) => void): SignalWatch {
+    if (signum === 9 || signum === 19) throw createNativeError('uv_signal_start', 'EINVAL');
+    const watchers = this.signalWatchers.get(signum) ?? new Set();
+    this.signalWatchers.set(signum, watchers);
+    // A fresh function per watch, so the same callback can be watched twice and closed once.
+    const entry = (n: number) => onSignal(n);
+    watchers.add(entry);
+    return { signum, close: () => void watchers.delete(entry) };
+  }
+
+  /** Test helper: delivers `signum` to every watch of it, as the event loop would. */
+  deliverSignal(signum: number): void {
+    for (const watcher of [...(this.signalWatchers.get(signum) ?? [])]) watcher(signum);
+  }
+
+  setCtrlAltDelSignal(): void {
+    const code = this.failCtrlAltDel;
+    if (code !== undefined) throw createNativeError('reboot', code, 'CAD_OFF');
+    this.ctrlAltDelSignal = true;
+  }
+
+  bootTimeMs(): number {
+    return this.bootTime;
+  }
+
+  mknod(path: string, mode: number, major: number, minor: number): void {
+    this.mknods.push({ path, mode, major, minor });
+  }
+
+  async sync(): Promise<void> {
+    this.syncs++;
+  }
+
+  killAll(signal: string): boolean {
+    this.signalNumber(signal);
+    this.killAllSignals.push(signal);
+    return this.killAllResult;
+  }
+
+  signalNumber(name: string): number {
+    const fixed = FAKE_SIGNALS[name];
+    if (fixed !== undefined) return fixed;
+    if (name === 'SIGRTMIN') return FAKE_SIGRTMIN;
+    if (name === 'SIGRTMAX') return FAKE_SIGRTMAX;
+    const rt = /^SIGRTMIN\+(\d{1,2})$/.exec(name);
+    if (rt && FAKE_SIGRTMIN + Number(rt[1]) <= FAKE_SIGRTMAX) return FAKE_SIGRTMIN + Number(rt[1]);
+    throw new TypeError(`signalNumber: unknown signal ${name}`);
   }
 
   private allocateFd(): number {

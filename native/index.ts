@@ -29,6 +29,14 @@ const NATIVE_METHODS = [
   'mount',
   'umount',
   'reboot',
+  'loadModule',
+  'watchSignal',
+  'setCtrlAltDelSignal',
+  'bootTimeMs',
+  'mknod',
+  'sync',
+  'killAll',
+  'signalNumber',
 ] as const satisfies readonly (keyof Native)[];
 
 // Compile-time proof that the list above names every method of `Native`.

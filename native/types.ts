@@ -75,6 +75,22 @@ export interface ReadableWatch {
   close(): void;
 }
 
+/** A signal handler installed by `watchSignal`. */
+export interface SignalWatch {
+  /** The signal number watched. */
+  readonly signum: number;
+  /** Stop watching; idempotent. Closing the last watch of a signal restores its default action. */
+  close(): void;
+}
+
+export interface LoadModuleOptions {
+  /**
+   * Pass `MODULE_INIT_COMPRESSED_FILE` so the kernel decompresses the file itself (`.ko.xz`,
+   * `.ko.zst`, `.ko.gz`; kernels >= 5.17 built with CONFIG_MODULE_DECOMPRESS, else EINVAL).
+   */
+  compressed?: boolean;
+}
+
 export interface MountRequest {
   source: string;
   target: string;
@@ -135,6 +151,42 @@ export interface Native {
   umount(target: string, flags: number): Promise<void>;
   /** sync(2) then reboot(2) with `RB_*` command; returns only on failure (throws). */
   reboot(command: 'restart' | 'halt' | 'poweroff'): void;
+
+  /**
+   * open(path) + finit_module(fd, params, flags), off the main thread. Rejects with e.g.
+   * `finit_module EEXIST /lib/modules/6.1.0/kernel/fs/squashfs/squashfs.ko` (already loaded) or
+   * `open ENOENT <path>`.
+   */
+  loadModule(path: string, params: string, options?: LoadModuleOptions): Promise<void>;
+  /**
+   * Calls `onSignal(signum)` on the event loop whenever `signum` arrives (a libuv signal
+   * handle), for any signal number including the realtime ones (`signalNumber('SIGRTMIN+3')`),
+   * which Node's `process.on` cannot take. Several watches of one signal all fire. Throws
+   * `uv_signal_start EINVAL SIGKILL` for signals that cannot be caught. The callback must not
+   * throw.
+   */
+  watchSignal(signum: number, onSignal: (signum: number) => void): SignalWatch;
+  /**
+   * reboot(LINUX_REBOOT_CMD_CAD_OFF): ctrl-alt-del then sends SIGINT to PID 1 instead of
+   * rebooting at once. Only the initial PID namespace's init may do this (EINVAL elsewhere).
+   */
+  setCtrlAltDelSignal(): void;
+  /** clock_gettime(CLOCK_BOOTTIME) in milliseconds (fractional): 0 is the kernel's start. */
+  bootTimeMs(): number;
+  /** mknod(2); `mode` includes the file type (`S_IFCHR | 0o600`). */
+  mknod(path: string, mode: number, major: number, minor: number): void;
+  /** sync(2), off the main thread (it can take long with dirty data on slow disks). */
+  sync(): Promise<void>;
+  /**
+   * kill(-1, signal): every process the caller may signal except itself. Only sensible in PID 1
+   * (of a machine or of a PID namespace). False (no throw) when nothing got it (ESRCH).
+   */
+  killAll(signal: string): boolean;
+  /**
+   * The number of a signal name as this process's C library sees it (`SIGRTMIN+3` is 37 with
+   * glibc, which reserves 32 and 33). Throws a TypeError for an unknown name.
+   */
+  signalNumber(name: string): number;
 }
 
 export const MountFlags = {

@@ -11,9 +11,17 @@ const root = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
 const dist = path.join(root, 'dist');
 mkdirSync(dist, { recursive: true });
 
-const entries = { 'mos-init': 'init/main.ts', mosctl: 'mosctl/cli.ts' };
-for (const [name, entry] of Object.entries(entries)) {
+// mos-init-test.mjs is mos-init with the test hooks compiled in (MOS_TEST_HOOKS: the kernel
+// command line's mos.test_crash= is honoured). Only test images ship it; in the production bundle
+// the define is false, so that code is unreachable.
+const entries = {
+  'mos-init': { entry: 'init/main.ts', testHooks: false },
+  'mos-init-test': { entry: 'init/main.ts', testHooks: true },
+  mosctl: { entry: 'mosctl/cli.ts', testHooks: false },
+};
+for (const [name, { entry, testHooks }] of Object.entries(entries)) {
   await build({
+    define: { MOS_TEST_HOOKS: testHooks ? 'true' : 'false' },
     entryPoints: [path.join(root, entry)],
     outfile: path.join(dist, `${name}.mjs`),
     bundle: true,

@@ -1,5 +1,15 @@
+import type { BootTimeline } from '../boot/timeline.ts';
 import type { LogLine } from '../log/types.ts';
 import type { ServiceStatus } from '../supervisor/types.ts';
+
+/** What `poweroff`, `reboot` and `halt` ask PID 1 to do. */
+export type ShutdownAction = 'halt' | 'poweroff' | 'reboot';
+
+/** The answer to a shutdown request, sent before the shutdown begins. */
+export interface ShutdownAccepted {
+  action: ShutdownAction;
+  accepted: true;
+}
 
 /** What the supervisor as a whole reports, beside its services. */
 export interface SupervisorInfo {
@@ -12,6 +22,8 @@ export interface SupervisorInfo {
   health: 'ok' | 'config-error' | 'emergency';
   reason: string | null;
   configPath: string | null;
+  /** PID 1 only: the boot timeline so far (`mosctl status` summarises it). */
+  boot?: BootTimeline | null;
 }
 
 /** An error the control API reports with a stable code, e.g. `E_UNKNOWN_SERVICE`. */
@@ -40,4 +52,11 @@ export interface SupervisorApi {
   logs(name: string, count: number): LogLine[];
   /** Calls `onLine` for every new line until the returned function is called. */
   followLogs(name: string, onLine: (line: LogLine) => void): () => void;
+  /** PID 1 only: the boot timeline. Without it, `analyze` answers null. */
+  timeline?(): BootTimeline | null;
+  /**
+   * PID 1 only: begins an orderly shutdown after this returns (so the answer goes out first).
+   * Without it, shutdown requests answer `E_UNSUPPORTED`.
+   */
+  requestShutdown?(action: ShutdownAction): ShutdownAccepted;
 }

@@ -7,7 +7,8 @@
  * closes. Errors about the connection itself (a refused peer, an unreadable line) carry `id: 0`.
  */
 import * as v from 'valibot';
-import { ControlError, type SupervisorInfo } from './api.ts';
+import { ControlError, type ShutdownAccepted, type SupervisorInfo } from './api.ts';
+import type { BootTimeline } from '../boot/timeline.ts';
 import type { LogLine } from '../log/types.ts';
 import type { ServiceStatus } from '../supervisor/types.ts';
 
@@ -28,11 +29,17 @@ export const ErrorCode = {
   Permission: 'E_PERMISSION',
   UnknownService: 'E_UNKNOWN_SERVICE',
   Internal: 'E_INTERNAL',
+  /** The command needs PID 1 (e.g. poweroff in host mode). */
+  Unsupported: 'E_UNSUPPORTED',
+  ShuttingDown: 'E_SHUTTING_DOWN',
   /** Client side only: no connection to mos, or it was lost. */
   Unreachable: 'E_UNREACHABLE',
 } as const;
 
-export const COMMANDS = ['info', 'list', 'status', 'logs', 'start', 'stop', 'restart'] as const;
+export const COMMANDS = ['info', 'list', 'status', 'logs', 'start', 'stop', 'restart', 'analyze', 'poweroff', 'reboot', 'halt'] as const;
+
+/** Commands that change nothing: what a read-only peer (the virtio-serial port by default) may send. */
+export const READ_ONLY_COMMANDS: ReadonlySet<CommandName> = new Set(['info', 'list', 'status', 'logs', 'analyze']);
 export type CommandName = (typeof COMMANDS)[number];
 
 const SERVICE_NAME_PATTERN = /^[a-z0-9][a-z0-9_.-]{0,62}$/;
@@ -83,9 +90,23 @@ export const ServiceActionRequestSchema = v.strictObject({
   service: ServiceNameSchema,
 });
 
+export const AnalyzeRequestSchema = v.strictObject({ ...envelope, cmd: v.literal('analyze') });
+export const ShutdownRequestSchema = v.strictObject({
+  ...envelope,
+  cmd: v.picklist(['poweroff', 'reboot', 'halt']),
+});
+
 export const RequestSchema = v.variant(
   'cmd',
-  [InfoRequestSchema, ListRequestSchema, StatusRequestSchema, LogsRequestSchema, ServiceActionRequestSchema],
+  [
+    InfoRequestSchema,
+    ListRequestSchema,
+    StatusRequestSchema,
+    LogsRequestSchema,
+    ServiceActionRequestSchema,
+    AnalyzeRequestSchema,
+    ShutdownRequestSchema,
+  ],
   `expected one of ${COMMANDS.join('|')}`,
 );
 
@@ -105,6 +126,11 @@ export interface CommandResults {
   start: ServiceStatus;
   stop: ServiceStatus;
   restart: ServiceStatus;
+  /** null when mos is not PID 1 (host mode has no boot). */
+  analyze: BootTimeline | null;
+  poweroff: ShutdownAccepted;
+  reboot: ShutdownAccepted;
+  halt: ShutdownAccepted;
 }
 export type ResultOf<C extends ControlCommand> = CommandResults[C['cmd']];
 

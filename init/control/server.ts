@@ -6,6 +6,7 @@
  * costs at most its own connection.
  */
 import net from 'node:net';
+import type { Duplex } from 'node:stream';
 import { chmod, lstat, mkdir, unlink } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { ControlError, type SupervisorApi } from './api.ts';
@@ -16,6 +17,7 @@ import {
   LineSplitter,
   MAX_LINE_BYTES,
   PROTOCOL_VERSION,
+  READ_ONLY_COMMANDS,
   lineTooLongError,
   parseRequest,
   type ControlRequest,
@@ -38,6 +40,27 @@ export interface ControlServerOptions {
   /** Peers allowed to connect; default root and the uid mos runs as. */
   allowedUids?: number[];
   logger?: ControlServerLogger;
+}
+
+/**
+ * What a connection may do: `root` everything, `read-only` only the commands that change nothing
+ * (`READ_ONLY_COMMANDS`); others answer `E_PERMISSION`.
+ */
+export type ControlAccess = 'root' | 'read-only';
+
+export interface ControlStreamOptions {
+  access: ControlAccess;
+  logger?: ControlServerLogger;
+  /** Appended to the `E_PERMISSION` message of a read-only connection, e.g. how to get more. */
+  accessHint?: string;
+}
+
+/**
+ * Serves the protocol over any byte stream whose peer is already admitted, e.g. a virtio-serial
+ * port (init/boot/virtio-control.ts). The stream's end ends the session, as a socket's would.
+ */
+export function serveControlStream(stream: Duplex, api: SupervisorApi, options: ControlStreamOptions): void {
+  new ControlConnection(stream, api, options.logger, options.access, options.accessHint).serve();
 }
 
 export interface ControlServer {
@@ -174,7 +197,7 @@ function admit(
 }
 
 /** Ends our side after the last bytes are out, then closes fully even if the peer never does. */
-function endAfterFlush(socket: net.Socket, lastWords?: string): void {
+function endAfterFlush(socket: Duplex, lastWords?: string): void {
   if (lastWords !== undefined) socket.write(lastWords);
   socket.end(() => socket.destroy());
 }
@@ -189,9 +212,11 @@ class ControlConnection {
   private ending = false;
 
   constructor(
-    private readonly socket: net.Socket,
+    private readonly socket: Duplex,
     private readonly api: SupervisorApi,
     private readonly logger: ControlServerLogger | undefined,
+    private readonly access: ControlAccess = 'root',
+    private readonly accessHint?: string,
   ) {}
 
   serve(): void {
@@ -235,6 +260,11 @@ class ControlConnection {
     const request = parseRequest(line);
     if (request instanceof BadRequestError) {
       this.sendError(request.requestId, request);
+      return;
+    }
+    if (this.access === 'read-only' && !READ_ONLY_COMMANDS.has(request.cmd)) {
+      const hint = this.accessHint ? `; ${this.accessHint}` : '';
+      this.sendError(request.id, new ControlError(ErrorCode.Permission, `permission denied: ${request.cmd} needs root access; this connection is read-only${hint}`));
       return;
     }
     try {
@@ -297,6 +327,15 @@ async function execute(api: SupervisorApi, request: ControlRequest): Promise<unk
       return api.stop(request.service);
     case 'restart':
       return api.restart(request.service);
+    case 'analyze':
+      return api.timeline ? api.timeline() : null;
+    case 'poweroff':
+    case 'reboot':
+    case 'halt':
+      if (!api.requestShutdown) {
+        throw new ControlError(ErrorCode.Unsupported, `${request.cmd} needs mos to be PID 1 (this is ${api.info().mode} mode)`);
+      }
+      return api.requestShutdown(request.cmd);
   }
 }
 

@@ -9,6 +9,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   mos::RegisterSocket(env, exports);
   mos::RegisterPoll(env, exports);
   mos::RegisterMount(env, exports);
+  mos::RegisterBoot(env, exports);
   return exports;
 }
 

@@ -10,5 +10,6 @@ void RegisterReap(Napi::Env env, Napi::Object exports);
 void RegisterSocket(Napi::Env env, Napi::Object exports);
 void RegisterPoll(Napi::Env env, Napi::Object exports);
 void RegisterMount(Napi::Env env, Napi::Object exports);
+void RegisterBoot(Napi::Env env, Napi::Object exports);
 
 }  // namespace mos

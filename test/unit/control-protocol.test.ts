@@ -20,6 +20,10 @@ describe('parseRequest accepts', () => {
     { v: 1, id: 7, cmd: 'start', service: 'web' },
     { v: 1, id: 8, cmd: 'stop', service: 'web' },
     { v: 1, id: 0, cmd: 'restart', service: '0' },
+    { v: 1, id: 9, cmd: 'analyze' },
+    { v: 1, id: 10, cmd: 'poweroff' },
+    { v: 1, id: 11, cmd: 'reboot' },
+    { v: 1, id: 12, cmd: 'halt' },
   ])('$cmd (id $id)', (request) => {
     expect(parseRequest(JSON.stringify(request))).toEqual(request);
   });
@@ -43,7 +47,7 @@ describe('parseRequest rejects', () => {
     ['not JSON', '{"v":1,', 'not JSON'],
     ['an array', '[1]', 'expected a JSON object'],
     ['null', 'null', 'expected a JSON object'],
-    ['an unknown command', '{"v":1,"id":1,"cmd":"reboot"}', 'cmd: expected one of info|list|status|logs|start|stop|restart'],
+    ['an unknown command', '{"v":1,"id":1,"cmd":"kexec"}', 'cmd: expected one of info|list|status|logs|start|stop|restart|analyze|poweroff|reboot|halt'],
     ['a missing command', '{"v":1,"id":1}', 'cmd: required'],
     ['an unknown field', '{"v":1,"id":1,"cmd":"list","foo":1}', 'unknown field "foo"'],
     ['a missing service', '{"v":1,"id":1,"cmd":"start"}', 'service: required'],
@@ -99,5 +103,13 @@ describe('LineSplitter', () => {
     const unfinished = new LineSplitter(4);
     expect(unfinished.push(Buffer.from('abc'))).toEqual({ lines: [], overflow: false });
     expect(unfinished.push(Buffer.from('de'))).toEqual({ lines: [], overflow: true });
+  });
+});
+
+describe('parseRequest and the PID-1 commands', () => {
+  it('refuses fields the boot commands do not take', () => {
+    expect(rejection('{"v":1,"id":3,"cmd":"poweroff","force":true}').message).toBe('unknown field "force"');
+    expect(rejection('{"v":1,"id":3,"cmd":"analyze","service":"web"}').message).toBe('unknown field "service"');
+    expect(rejection('{"v":1,"id":3,"cmd":"kexec"}').message).toContain('analyze|poweroff|reboot|halt');
   });
 });

@@ -6,7 +6,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ControlError, type SupervisorApi, type SupervisorInfo } from '../../init/control/api.ts';
-import { startControlServer, type ControlServer } from '../../init/control/server.ts';
+import { serveControlStream, startControlServer, type ControlServer } from '../../init/control/server.ts';
+import type { BootTimeline } from '../../init/boot/timeline.ts';
+import { PassThrough, Duplex } from 'node:stream';
 import type { LogLine } from '../../init/log/types.ts';
 import type { Credentials } from '../../native/types.ts';
 import type { ServiceStatus } from '../../init/supervisor/types.ts';
@@ -399,7 +401,7 @@ describe('mosctl main()', () => {
     expect(list.out.split('\n')[0]).toBe('NAME    STATE    PID  UPTIME  RESTARTS  LAST-EXIT');
     const overview = await run('status');
     expect(overview.code).toBe(0);
-    expect(overview.out).toMatch(/^mode: host \(pid \d+\)\nuptime: 1m00s .*\nhealth: ok\n\nNAME /);
+    expect(overview.out).toMatch(/^mode: host \(pid \d+\)\nuptime: 1m0\ds .*\nhealth: ok\n\nNAME /);
   });
 
   it('shows one service with its last lines', async () => {
@@ -502,5 +504,80 @@ describe('mosctl main()', () => {
     await server!.close();
     expect(await following).toBe(0);
     expect(lines.map((line) => JSON.parse(line).text)).toEqual(['booting', 'listening on :8080', 'GET /']);
+  });
+});
+
+describe('PID-1 commands over the control protocol', () => {
+  const timeline: BootTimeline = {
+    clock: 'boottime',
+    initExecMs: 2500,
+    initMainMs: 2600,
+    phases: [{ name: 'mounts', policy: 'fatal', status: 'ok', startMs: 2601, endMs: 2613, detail: null }],
+    firstServiceExec: { atMs: 2700, service: 'web' },
+    servicesReadyMs: 2800,
+    emergency: null,
+    shutdown: null,
+  };
+
+  it('host mode: analyze answers null and a shutdown request E_UNSUPPORTED', async () => {
+    await serve();
+    const client = await ControlClient.connect(socketPath);
+    expect(await client.request({ cmd: 'analyze' })).toBeNull();
+    await expect(client.request({ cmd: 'poweroff' })).rejects.toMatchObject({ code: 'E_UNSUPPORTED' });
+    client.close();
+  });
+
+  it('PID 1: analyze returns the timeline, poweroff is answered before it begins', async () => {
+    const requested: string[] = [];
+    const pid1 = Object.assign(fake, {
+      timeline: () => timeline,
+      requestShutdown: (action: 'halt' | 'poweroff' | 'reboot') => {
+        requested.push(action);
+        return { action, accepted: true as const };
+      },
+    });
+    server = await startControlServer({ path: socketPath, api: pid1, peerCredentials: asRoot });
+    const client = await ControlClient.connect(socketPath);
+    expect(await client.request({ cmd: 'analyze' })).toEqual(timeline);
+    expect(await client.request({ cmd: 'reboot' })).toEqual({ action: 'reboot', accepted: true });
+    expect(requested).toEqual(['reboot']);
+    client.close();
+  });
+
+  it('a read-only stream may look but not change anything', async () => {
+    // A Duplex pair standing in for a virtio-serial port: what the client writes, the server reads.
+    const toServer = new PassThrough();
+    const toClient = new PassThrough();
+    const port = Duplex.from({ readable: toServer, writable: toClient });
+    serveControlStream(port, fake, { access: 'read-only', accessHint: 'boot with mos.debug_control=1' });
+    const answers: any[] = [];
+    toClient.on('data', (chunk: Buffer) => answers.push(...chunk.toString().trim().split('\n').map((line) => JSON.parse(line))));
+    toServer.write('{"v":1,"id":1,"cmd":"list"}\n{"v":1,"id":2,"cmd":"stop","service":"web"}\n{"v":1,"id":3,"cmd":"poweroff"}\n');
+    await waitFor(() => answers.length === 3, 'three answers');
+    expect(answers[0]).toMatchObject({ id: 1, ok: true });
+    expect(answers[1]).toMatchObject({ id: 2, ok: false, error: { code: 'E_PERMISSION' } });
+    expect(answers[1].error.message).toContain('mos.debug_control=1');
+    expect(answers[2]).toMatchObject({ id: 3, ok: false, error: { code: 'E_PERMISSION' } });
+    expect(fake.actionsCompleted).toBe(0);
+    port.destroy();
+  });
+
+  it('mosctl analyze prints the table, and poweroff says it was requested', async () => {
+    const pid1 = Object.assign(fake, {
+      timeline: () => timeline,
+      requestShutdown: (action: 'halt' | 'poweroff' | 'reboot') => ({ action, accepted: true as const }),
+    });
+    server = await startControlServer({ path: socketPath, api: pid1, peerCredentials: asRoot });
+    const output = { out: '', err: '' };
+    const io = { out: (text: string) => (output.out += text), err: (text: string) => (output.err += text), isTTY: false };
+    expect(await main(['node', 'mosctl', '--socket', socketPath, 'analyze'], io)).toBe(0);
+    expect(output.out).toContain('phase mounts');
+    expect(output.out).toContain('all services ready');
+    output.out = '';
+    expect(await main(['node', 'mosctl', '--socket', socketPath, '--json', 'analyze'], io)).toBe(0);
+    expect(JSON.parse(output.out)).toEqual(timeline);
+    output.out = '';
+    expect(await main(['node', 'mosctl', '--socket', socketPath, 'poweroff'], io)).toBe(0);
+    expect(output.out).toBe('mos: poweroff requested; shutting down\n');
   });
 });

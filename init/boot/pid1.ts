@@ -1,0 +1,607 @@
+/**
+ * mos-init as PID 1: the boot phases in order, then the supervisor; shutdown on a signal or a
+ * control request; the emergency state instead of ever exiting.
+ *
+ *   phase          policy  what
+ *   mounts         fatal   proc, sys, devtmpfs, devpts, shm, run, tmp, cgroup2, securityfs; /dev links
+ *   cmdline        warn    /proc/cmdline → mos.* keys
+ *   control        warn    the control socket <state>/control.sock (root only)
+ *   ctrl-alt-del   warn    reboot(CAD_OFF): ctrl-alt-del becomes SIGINT
+ *   modules        warn    /etc/mos/modules (else the image's modules.order) + mos.modules=,
+ *                          through modules.dep (finit_module)
+ *   mounts-late    warn    efivarfs (a module on Debian) when /sys/firmware/efi exists
+ *   control-port   warn    the virtio-serial port `mos.control`, searched in the background
+ *   supervise      fatal   the service file → supervisor; `mos: services ready` once all are up
+ *
+ * Namespace mode (`--no-early-mounts`, for PID 1 of a PID namespace on a host): mounts,
+ * ctrl-alt-del, modules, mounts-late and control-port are skipped (they would touch the host),
+ * one tmpfs is mounted on <state>/logs instead, and shutdown unmounts only that.
+ *
+ * The design and the console markers are described in docs/boot.md.
+ */
+import { lstatSync, mkdirSync, readFileSync, unlinkSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import pino, { type Logger } from 'pino';
+import type { Native } from '../../native/types.ts';
+import { MountFlags } from '../../native/types.ts';
+import { ControlError, type ShutdownAccepted, type SupervisorApi } from '../control/api.ts';
+import { ErrorCode } from '../control/protocol.ts';
+import { startControlServer, type ControlServer } from '../control/server.ts';
+import { ServiceLogStore } from '../log/service-log-store.ts';
+import { ConfigError, parseServiceFile } from '../supervisor/spec.ts';
+import { Supervisor } from '../supervisor/supervisor.ts';
+import type { ServiceSpec } from '../supervisor/types.ts';
+import { parseCmdline, readMosCmdline, type MosCmdline } from './cmdline.ts';
+import { ConsoleSink } from './console.ts';
+import { EmergencyState, describeError, guardProcessExit, injectUncaughtException, testCrashPoint } from './emergency.ts';
+import {
+  EARLY_MOUNTS,
+  applyMounts,
+  makeDevLinks,
+  parseMountInfo,
+  planUnmounts,
+  unmountAll,
+} from './mounts.ts';
+import {
+  loadModules,
+  moduleName,
+  parseModuleList,
+  parseModulesBuiltin,
+  parseModulesDep,
+  planModuleLoads,
+  readOptional,
+} from './modules.ts';
+import { runPhases, type Phase, type PhaseRecord } from './phases.ts';
+import {
+  DEFAULT_SHUTDOWN_BOUNDS,
+  listProcesses,
+  planShutdown,
+  runShutdown,
+  survivingProcesses,
+  type ShutdownBounds,
+} from './shutdown.ts';
+import { watchShutdownSignals, type ShutdownAction } from './signals.ts';
+import { formatBootMs, type BootTimeline } from './timeline.ts';
+import {
+  CONTROL_PORT_NAME,
+  VirtioControlChannel,
+  ensureDeviceNode,
+  findControlPort,
+  readVirtioPorts,
+  systemPortIo,
+} from './virtio-control.ts';
+
+export const PID1_DEFAULTS = {
+  configPath: '/etc/mos/services.yaml',
+  stateDir: '/run/mos',
+  consolePath: '/dev/console',
+  modulesList: '/etc/mos/modules',
+  modulesRoot: '/lib/modules',
+} as const;
+
+export interface Pid1Options {
+  native: Native;
+  /** `--config`: wins over `mos.config=` and the default. */
+  configPath: string | null;
+  stateDir: string;
+  /** False in namespace mode (`--no-early-mounts`). */
+  earlyMounts: boolean;
+  consolePath: string;
+  /** `--cmdline`: used instead of /proc/cmdline (namespace tests). */
+  cmdlineText: string | null;
+  /** Whether this bundle was built with MOS_TEST_HOOKS. */
+  testHooks: boolean;
+  /** CLOCK_BOOTTIME of the process's exec and of main(). */
+  initExecMs: number | null;
+  initMainMs: number;
+  shutdownBounds?: Partial<ShutdownBounds>;
+  modulesList?: string;
+  modulesRoot?: string;
+  /** How long the control-port search waits for the virtio port to appear. */
+  controlPortSearchMs?: number;
+  /**
+   * Install the process-wide hooks (exit guard, uncaughtException/unhandledRejection, SIGCHLD,
+   * the keep-alive reaping interval). Always in mos-init; unit tests turn it off.
+   */
+  processHooks?: boolean;
+}
+
+/** Structured log: buffered until the state directory exists, then a synchronous file. */
+class BootLog {
+  private logger: Logger | null = null;
+  private readonly buffered: { level: 'info' | 'warn' | 'error' | 'debug' | 'fatal'; fields: object; message: string }[] = [];
+
+  constructor(private readonly bootMs: () => number) {}
+
+  attach(file: string): void {
+    if (this.logger) return;
+    this.logger = pino(
+      { level: process.env.MOS_LOG_LEVEL ?? 'info', base: { mos: process.pid } },
+      pino.destination({ dest: file, sync: true, mkdir: true }),
+    );
+    for (const record of this.buffered.splice(0)) this.logger[record.level](record.fields, record.message);
+  }
+
+  private write(level: 'info' | 'warn' | 'error' | 'debug' | 'fatal', fields: object, message: string): void {
+    const withClock = { bootMs: Math.round(this.bootMs()), ...fields };
+    if (this.logger) {
+      this.logger[level](withClock, message);
+    } else if (this.buffered.length < 2000) {
+      this.buffered.push({ level, fields: withClock, message });
+    }
+  }
+
+  info(fields: object, message: string): void {
+    this.write('info', fields, message);
+  }
+  warn(fields: object, message: string): void {
+    this.write('warn', fields, message);
+  }
+  error(fields: object, message: string): void {
+    this.write('error', fields, message);
+  }
+  debug(fields: object, message: string): void {
+    this.write('debug', fields, message);
+  }
+  fatal(fields: object, message: string): void {
+    this.write('fatal', fields, message);
+  }
+}
+
+function loadServices(configPath: string): { specs: ServiceSpec[]; error: string | null } {
+  let text: string;
+  try {
+    text = readFileSync(configPath, 'utf8');
+  } catch (error) {
+    return { specs: [], error: `${configPath}: cannot read: ${(error as Error).message}` };
+  }
+  try {
+    return { specs: parseServiceFile(text, configPath), error: null };
+  } catch (error) {
+    if (error instanceof ConfigError) return { specs: [], error: error.message };
+    throw error;
+  }
+}
+
+function removeStaleSocket(socketPath: string): void {
+  try {
+    if (lstatSync(socketPath).isSocket()) unlinkSync(socketPath);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+  }
+}
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+/** A handle for tests and for main.ts; PID 1 itself just lives on the event loop. */
+export interface Pid1Handle {
+  supervisor: Supervisor;
+  timeline(): BootTimeline;
+  /** Settles when the boot phases are done (not when services are ready). */
+  booted: Promise<void>;
+  /** What the control socket serves. */
+  api: SupervisorApi;
+  emergency: EmergencyState;
+}
+
+export function runPid1(options: Pid1Options): Pid1Handle {
+  const { native, earlyMounts } = options;
+  const stateDir = path.resolve(options.stateDir);
+  const bootMs = () => native.bootTimeMs();
+  const log = new BootLog(bootMs);
+  const consoleSink = new ConsoleSink({ path: options.consolePath, kmsgFallback: earlyMounts }, (fd) => native.setNonBlocking(fd, true));
+  const say = (line: string) => consoleSink.line(line);
+  // Read at shutdown time: mos.shutdown_timeout= is only known after the cmdline phase.
+  const shutdownBounds = (): ShutdownBounds => ({
+    ...DEFAULT_SHUTDOWN_BOUNDS,
+    ...(cmdline.shutdownTimeoutMs !== null ? { stopServicesMs: cmdline.shutdownTimeoutMs } : {}),
+    ...options.shutdownBounds,
+  });
+
+  let cmdline: MosCmdline = readMosCmdline(parseCmdline(options.cmdlineText ?? ''));
+  let configPath = options.configPath ?? PID1_DEFAULTS.configPath;
+  let crashPoint: string | null = null;
+  const ownMounts: string[] = [];
+  let control: ControlServer | null = null;
+  let controlStarting: Promise<void> | null = null;
+  let controlPort: VirtioControlChannel | null = null;
+  let controlPortSearch: Promise<void> | null = null;
+  let shutdownState: { atMs: number; action: ShutdownAction; cause: string } | null = null;
+  let phaseRecords: PhaseRecord[] = [];
+  let firstExec: BootTimeline['firstServiceExec'] = null;
+  /** Until the supervisor reports which service that pid is, `firstExec.service` is argv[0]. */
+  let firstExecPid: number | null = null;
+  let servicesReadyMs: number | null = null;
+
+  // ── the last line of defence: PID 1 never exits ────────────────────────────────────────────
+  const emergency = new EmergencyState({
+    now: bootMs,
+    console: say,
+    log: (fields, message) => log.fatal(fields, message),
+    setHealth: (reason) => supervisor.setHealth('emergency', reason),
+    ensureControl: async () => {
+      // The host may only be able to reach a VM through the virtio port: search for it too, if
+      // the boot died before the control-port phase (the port needs virtio_console loaded).
+      if (earlyMounts && controlPortSearch === null) controlPortSearch = searchControlPort(options.controlPortSearchMs ?? 15_000);
+      await startControl();
+    },
+  });
+  const processHooks = options.processHooks ?? true;
+  if (processHooks) {
+    guardProcessExit((what) => emergency.enter(what));
+    process.on('uncaughtException', (error) => emergency.enter(`unexpected exception: ${describeError(error)}`, error));
+    process.on('unhandledRejection', (reason) => emergency.enter(`unhandled rejection: ${describeError(reason)}`, reason));
+  }
+
+  say(`mos: pid1 starting (${earlyMounts ? 'machine' : 'namespace'} mode, node ${process.version})`);
+  if (!earlyMounts) {
+    mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+    log.attach(path.join(stateDir, 'init.log'));
+  }
+
+  // ── the supervisor exists from the start, so the control API can always answer ─────────────
+  const logs = new ServiceLogStore({
+    dir: path.join(stateDir, 'logs'),
+    pipe: () => native.pipe(),
+    fileMaxBytes: 1024 * 1024,
+    fileKeep: 2,
+    onError: (error) => log.error({ err: error }, 'service log capture failed'),
+  });
+  // Records the first successful exec (spawn returns once the child has exec'd).
+  const recordingNative = new Proxy(native, {
+    get(target, property) {
+      if (property === 'spawn') {
+        return (spawnOptions: Parameters<Native['spawn']>[0]) => {
+          const pid = target.spawn(spawnOptions);
+          if (firstExec === null) {
+            firstExec = { atMs: bootMs(), service: path.basename(spawnOptions.argv[0] ?? spawnOptions.file) };
+            firstExecPid = pid;
+          }
+          return pid;
+        };
+      }
+      const value = Reflect.get(target, property, target) as unknown;
+      return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+    },
+  });
+  const notifySocketPath = path.join(stateDir, 'notify');
+  const supervisor = new Supervisor({ native: recordingNative, logs, logger: log, notifySocketPath, mode: 'pid1', configPath: null });
+
+  // The one reaper: orphans of the whole machine come to PID 1. The interval also keeps the
+  // event loop alive for ever, whatever else closes.
+  if (processHooks) {
+    process.on('SIGCHLD', () => supervisor.reapChildren());
+    setInterval(() => supervisor.reapChildren(), 1000);
+  }
+
+  const timeline = (): BootTimeline => ({
+    clock: 'boottime',
+    initExecMs: options.initExecMs,
+    initMainMs: options.initMainMs,
+    phases: phaseRecords.map((record) => ({ ...record })),
+    firstServiceExec: firstExec,
+    servicesReadyMs,
+    emergency: emergency.info,
+    shutdown: shutdownState,
+  });
+
+  const api: SupervisorApi = {
+    info: () => ({ ...supervisor.info(), configPath, boot: timeline() }),
+    list: () => supervisor.list(),
+    status: (name) => supervisor.status(name),
+    start: (name) => supervisor.start(name),
+    stop: (name) => supervisor.stop(name),
+    restart: (name) => supervisor.restart(name),
+    logs: (name, count) => supervisor.logs(name, count),
+    followLogs: (name, onLine) => supervisor.followLogs(name, onLine),
+    timeline,
+    requestShutdown: (action): ShutdownAccepted => {
+      if (shutdownState !== null) throw new ControlError(ErrorCode.ShuttingDown, `already shutting down (${shutdownState.action})`);
+      // Marked now (a second request is refused), begun after the answer has gone out.
+      beginShutdown(action, 'mosctl', true);
+      return { action, accepted: true };
+    },
+  };
+
+  function startControl(): Promise<void> {
+    if (control) return Promise.resolve();
+    controlStarting ??= (async () => {
+      mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+      control = await startControlServer({
+        path: path.join(stateDir, 'control.sock'),
+        api,
+        peerCredentials: (fd) => native.peerCredentials(fd),
+        allowedUids: [0],
+        logger: { info: (message) => log.info({}, message), warn: (message) => log.warn({}, message) },
+      });
+    })().finally(() => {
+      controlStarting = null;
+    });
+    return controlStarting;
+  }
+
+  // ── shutdown ───────────────────────────────────────────────────────────────────────────────
+  const mustBePid1 = (what: string) => {
+    // reboot(2) and kill(-1) from anything but PID 1 (of the machine or of a PID namespace)
+    // would hit the host: never.
+    if (process.pid !== 1) throw new Error(`refusing ${what}: not PID 1`);
+  };
+
+  function beginShutdown(action: ShutdownAction, cause: string, deferred = false): void {
+    if (shutdownState !== null) {
+      log.warn({ action, cause }, `shutdown already in progress (${shutdownState.action}); ignoring ${action} from ${cause}`);
+      return;
+    }
+    shutdownState = { atMs: bootMs(), action, cause };
+    const run = () => void shutdown(action, cause);
+    if (deferred) setImmediate(run);
+    else run();
+  }
+
+  async function shutdown(action: ShutdownAction, cause: string): Promise<void> {
+    say(`mos: shutdown: ${action} (${cause})`);
+    const plan = planShutdown(action, shutdownBounds());
+    log.info({ action, cause, boundMs: plan.boundMs }, `shutdown: ${action} requested by ${cause}`);
+    try {
+      await runShutdown(plan, {
+        now: () => performance.now(),
+        sleep,
+        stopServices: (deadlineMs) => supervisor.stopAll(deadlineMs),
+        closeLogs: async () => {
+          controlPort?.close();
+          supervisor.close();
+          await logs.close();
+        },
+        survivors: () => survivingProcesses(listProcesses(), process.pid),
+        killAll: (signal) => {
+          mustBePid1('kill(-1)');
+          return native.killAll(signal);
+        },
+        reap: () => supervisor.reapChildren(),
+        unmount: async () => {
+          const mountinfo = parseMountInfo(readFileSync('/proc/self/mountinfo', 'utf8'));
+          const targets = planUnmounts(mountinfo, earlyMounts ? { scope: 'all' } : { scope: 'own', own: ownMounts });
+          return unmountAll(native, targets);
+        },
+        sync: () => native.sync(),
+        reboot: (command) => {
+          mustBePid1('reboot(2)');
+          native.reboot(command);
+        },
+        log: (fields, message) => log.info(fields, message),
+        console: say,
+        flushConsole: () => consoleSink.flush(1000),
+      });
+      emergency.enter('reboot(2) returned');
+    } catch (error) {
+      emergency.enter(`shutdown failed: ${describeError(error)}`, error);
+    }
+  }
+
+  watchShutdownSignals(native, (meaning) => beginShutdown(meaning.action, `${meaning.signal} (${meaning.convention})`));
+
+  // ── readiness markers ───────────────────────────────────────────────────────────────────────
+  let servicesStarted = false;
+  const checkReady = () => {
+    if (!servicesStarted || servicesReadyMs !== null || supervisor.info().health !== 'ok') return;
+    const statuses = supervisor.list();
+    if (!statuses.every((status) => status.state === 'running' || status.state === 'done')) return;
+    servicesReadyMs = bootMs();
+    say(`mos: services ready (${statuses.length} services, ${formatBootMs(servicesReadyMs)} since kernel start)`);
+    log.info({ services: statuses.length, atMs: Math.round(servicesReadyMs) }, 'all services ready');
+    if (crashPoint === 'ready') void injectUncaughtException('ready');
+  };
+  supervisor.onTransition((change) => {
+    if (firstExec !== null && firstExecPid !== null && change.status.pid === firstExecPid) {
+      firstExec = { ...firstExec, service: change.service };
+      firstExecPid = null;
+    }
+    if (change.to === 'failed') say(`mos: service ${change.service} failed: ${change.status.errorCode ?? ''} ${change.status.reason ?? ''}`.trimEnd());
+    checkReady();
+  });
+
+  // ── the phases ──────────────────────────────────────────────────────────────────────────────
+  const namespaceSkip = (context: { skip(reason: string): void }) => {
+    context.skip('namespace mode (--no-early-mounts)');
+  };
+
+  const phases: Phase[] = [
+    {
+      name: 'mounts',
+      policy: 'fatal',
+      run: async (context) => {
+        if (!earlyMounts) {
+          // The one real mount of namespace mode: the log directory on its own tmpfs, as on a
+          // machine where it lives in /run's tmpfs.
+          const target = path.join(stateDir, 'logs');
+          mkdirSync(target, { recursive: true, mode: 0o700 });
+          await native.mount({ source: 'tmpfs', target, fstype: 'tmpfs', flags: MountFlags.NOSUID | MountFlags.NODEV, data: 'mode=0700' });
+          ownMounts.push(target);
+          context.note(`namespace mode: tmpfs on ${target}`);
+          return;
+        }
+        const outcomes = await applyMounts(native, EARLY_MOUNTS, 'early', { stopOnError: true, onMounted: (target) => ownMounts.push(target) });
+        makeDevLinks();
+        consoleSink.open();
+        mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+        log.attach(path.join(stateDir, 'init.log'));
+        log.info({ outcomes }, 'early mounts');
+        context.note(`${outcomes.filter((o) => o.result === 'mounted').length} mounted`);
+      },
+    },
+    {
+      name: 'cmdline',
+      policy: 'warn',
+      run: (context) => {
+        const text = options.cmdlineText ?? readFileSync('/proc/cmdline', 'utf8');
+        cmdline = readMosCmdline(parseCmdline(text));
+        configPath = options.configPath ?? cmdline.config ?? PID1_DEFAULTS.configPath;
+        crashPoint = testCrashPoint(options.testHooks, cmdline.testCrash);
+        if (cmdline.testCrash !== null && crashPoint === null) log.warn({}, 'mos.test_crash ignored: this bundle has no test hooks');
+        const crashPoints = [...phases.map((phase) => phase.name), 'ready'];
+        if (crashPoint !== null && !crashPoints.includes(crashPoint)) {
+          say(`mos: mos.test_crash=${crashPoint} matches no crash point (${crashPoints.join(', ')})`);
+        }
+        log.info({ cmdline: text.trim(), mos: cmdline }, 'kernel command line');
+        context.note(`config ${configPath}${cmdline.debugControl ? ', debug control' : ''}${crashPoint ? `, test crash at ${crashPoint}` : ''}`);
+      },
+    },
+    {
+      name: 'control',
+      policy: 'warn',
+      run: async (context) => {
+        await startControl();
+        context.note(path.join(stateDir, 'control.sock'));
+      },
+    },
+    {
+      name: 'ctrl-alt-del',
+      policy: 'warn',
+      run: (context) => {
+        if (!earlyMounts) return namespaceSkip(context);
+        mustBePid1('reboot(CAD_OFF)');
+        native.setCtrlAltDelSignal();
+      },
+    },
+    {
+      name: 'modules',
+      policy: 'warn',
+      run: async (context) => {
+        if (!earlyMounts) return namespaceSkip(context);
+        const modulesDir = path.join(options.modulesRoot ?? PID1_DEFAULTS.modulesRoot, os.release());
+        // An explicit list wins; without one, every module the image ships is loaded (an image
+        // builder trims the module tree to what the machine needs; modules.order lists it).
+        const listText = readOptional(options.modulesList ?? PID1_DEFAULTS.modulesList);
+        const listed = parseModuleList(listText ?? readOptional(path.join(modulesDir, 'modules.order')) ?? '');
+        const requests = [...listed, ...cmdline.modules.map((name) => ({ name: moduleName(name), params: '' }))];
+        if (requests.length === 0) return context.skip('no modules requested');
+        const depText = readOptional(path.join(modulesDir, 'modules.dep'));
+        if (depText === null) throw new Error(`${modulesDir}/modules.dep is missing (run depmod when building the image)`);
+        const deps = parseModulesDep(depText);
+        const builtin = parseModulesBuiltin(readOptional(path.join(modulesDir, 'modules.builtin')) ?? '');
+        const plan = planModuleLoads(requests, deps, builtin);
+        const outcomes = await loadModules(native, modulesDir, plan, () => performance.now(), deps);
+        for (const outcome of outcomes) log.info({ module: outcome.name, result: outcome.result, ms: Math.round(outcome.durationMs), detail: outcome.detail }, `module ${outcome.name}: ${outcome.result}`);
+        const failed = outcomes.filter((o) => o.result === 'failed');
+        const absent = outcomes.filter((o) => o.result === 'no-device').map((o) => o.name);
+        const problems = [...plan.missing.map((name) => `${name}: not in modules.dep`), ...failed.map((o) => `${o.name}: ${o.detail}`)];
+        if (problems.length > 0) throw new Error(problems.join('; '));
+        const loaded = outcomes.length - absent.length;
+        context.note(`${loaded} modules${absent.length > 0 ? `, no device for ${absent.join(' ')}` : ''}${plan.builtin.length > 0 ? `, ${plan.builtin.length} built in` : ''}`);
+      },
+    },
+    {
+      name: 'mounts-late',
+      policy: 'warn',
+      run: async (context) => {
+        if (!earlyMounts) return namespaceSkip(context);
+        const outcomes = await applyMounts(native, EARLY_MOUNTS, 'late', { stopOnError: false, onMounted: (target) => ownMounts.push(target) });
+        const failed = outcomes.filter((o) => o.result === 'failed');
+        if (failed.length > 0) throw new Error(failed.map((o) => `${o.target}: ${o.detail}`).join('; '));
+        if (outcomes.every((o) => o.result === 'skipped')) context.skip(outcomes.map((o) => `${o.target}: ${o.detail}`).join('; '));
+      },
+    },
+    {
+      name: 'control-port',
+      policy: 'warn',
+      run: (context) => {
+        if (!earlyMounts) return namespaceSkip(context);
+        controlPortSearch ??= searchControlPort(options.controlPortSearchMs ?? 15_000);
+        context.note(`searching for ${CONTROL_PORT_NAME} in the background`);
+      },
+    },
+    {
+      name: 'supervise',
+      policy: 'fatal',
+      run: (context) => {
+        const { specs, error } = loadServices(configPath);
+        if (error) {
+          // A bad file runs nothing (never half of it); mos stays up to say why.
+          supervisor.setHealth('config-error', error);
+          say(`mos: config error: ${error}`);
+        }
+        removeStaleSocket(notifySocketPath);
+        supervisor.load(specs);
+        supervisor.listenForNotifications();
+        supervisor.startAll();
+        supervisor.reapChildren();
+        servicesStarted = true;
+        context.note(error ? 'config error: nothing started' : `${specs.length} services`);
+      },
+    },
+  ];
+
+  async function searchControlPort(searchMs: number): Promise<void> {
+    const deadline = performance.now() + searchMs;
+    for (;;) {
+      if (shutdownState !== null) return;
+      const location = findControlPort(readVirtioPorts());
+      if (location) {
+        try {
+          const node = ensureDeviceNode(native, location);
+          const access = cmdline.debugControl ? 'root' : 'read-only';
+          controlPort = new VirtioControlChannel({
+            path: node,
+            api,
+            access,
+            io: systemPortIo(native),
+            logger: { info: (message) => log.info({}, message), warn: (message) => log.warn({}, message) },
+          });
+          controlPort.start();
+          say(`mos: control port ${CONTROL_PORT_NAME} on ${node} (${access})`);
+        } catch (error) {
+          say(`mos: control port ${CONTROL_PORT_NAME}: ${describeError(error)}`);
+          log.warn({ err: error }, 'control port failed');
+        }
+        return;
+      }
+      if (performance.now() >= deadline) {
+        log.info({}, `no virtio-serial port named ${CONTROL_PORT_NAME}`);
+        return;
+      }
+      await sleep(100);
+    }
+  }
+
+  // Each phase can be crashed on purpose by a test build (`mos.test_crash=<phase>`).
+  const crashable = phases.map(
+    (phase): Phase => ({
+      ...phase,
+      run: async (context) => {
+        if (crashPoint === phase.name) {
+          await injectUncaughtException(phase.name);
+          throw new Error(`mos.test_crash=${phase.name}: injected exception`);
+        }
+        await phase.run(context);
+      },
+    }),
+  );
+
+  const booted = (async () => {
+    const result = await runPhases(crashable, {
+      now: bootMs,
+      stopped: () => emergency.active || shutdownState !== null,
+      onStart: (record) => {
+        phaseRecords.push(record);
+        log.debug({ phase: record.name }, `phase ${record.name} starting`);
+      },
+      onEnd: (record) => {
+        const ms = Math.round((record.endMs ?? 0) - (record.startMs ?? 0));
+        const fields = { phase: record.name, policy: record.policy, status: record.status, ms, detail: record.detail };
+        if (record.status === 'failed') {
+          log[record.policy === 'ignore' ? 'debug' : 'warn'](fields, `phase ${record.name} failed (${ms}ms): ${record.detail}`);
+          if (record.policy !== 'ignore') say(`mos: phase ${record.name} failed [${record.policy}]: ${record.detail}`);
+        } else {
+          log.info(fields, `phase ${record.name} ${record.status} (${ms}ms)`);
+          say(record.status === 'skipped' ? `mos: phase ${record.name} skipped: ${record.detail}` : `mos: phase ${record.name} ok (${ms}ms)`);
+        }
+      },
+    });
+    phaseRecords = result.records;
+    if (result.emergency && !emergency.active) emergency.enter(result.emergency.reason);
+    checkReady();
+  })().catch((error: unknown) => emergency.enter(`boot failed: ${describeError(error)}`, error));
+
+  return { supervisor, timeline, booted, api, emergency };
+}
