@@ -1,0 +1,17 @@
+/** Every case, in order. A case is a folder `NN-name/` with a `case.ts`; list new ones here. */
+import type { VmCase } from '../harness/case.ts';
+import directBoot from './01-direct-boot/case.ts';
+import secureBoot from './02-secure-boot/case.ts';
+import serviceRestart from './03-service-restart/case.ts';
+import pid1Crash from './04-pid1-crash/case.ts';
+import ctrlAltDel from './05-ctrl-alt-del/case.ts';
+
+export const cases: readonly VmCase[] = [directBoot, secureBoot, serviceRestart, pid1Crash, ctrlAltDel];
+
+/** Cases matching any selector: a number (`1`, `01`), a folder name, or part of one. */
+export function selectCases(selectors: readonly string[]): VmCase[] {
+  if (selectors.length === 0) return [...cases];
+  return cases.filter((c) =>
+    selectors.some((s) => (/^\d+$/.test(s) ? Number(c.id.slice(0, 2)) === Number(s) : c.id.includes(s))),
+  );
+}

@@ -1,0 +1,184 @@
+/**
+ * One guest: QEMU (TCG) with its serial console in a file that a `ConsoleWatcher` follows, QMP,
+ * the `mos.control` virtio-serial port for mosctl, and optionally swtpm. Every process is
+ * registered with the case's cleanup and killed by pid.
+ */
+import { spawn } from 'node:child_process';
+import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import type { CleanupRegistry } from './cleanup.ts';
+import { ConsoleWatcher, MarkerTimeoutError, type MarkerWaitOptions } from './console.ts';
+import { makeEsp } from './esp.ts';
+import type { TestImages } from './images.ts';
+import { Markers } from './markers.ts';
+import { runMosctl, type MosctlResult } from './mosctl.ts';
+import { QmpClient } from './qmp.ts';
+import {
+  OVMF_PLAIN_CODE,
+  OVMF_PLAIN_VARS,
+  OVMF_SNAKEOIL_CODE,
+  OVMF_SNAKEOIL_VARS,
+  QEMU_BINARY,
+  buildCmdline,
+  buildQemuArgs,
+  type QemuConfig,
+} from './qemu.ts';
+import { startSwtpm } from './swtpm.ts';
+
+export interface BootOptions {
+  /** A label, unique within the case (file names, logs). */
+  name: string;
+  boot: 'direct' | 'uefi';
+  /** Direct boot only: flags appended to the image's command line. */
+  cmdline?: readonly string[];
+  /** UEFI only: the snakeoil firmware with Secure Boot on (default true for uefi). */
+  secureBoot?: boolean;
+  /** UEFI only: boot the unsigned UKI (on an ESP made for it) instead of the signed one. */
+  unsigned?: boolean;
+  tpm?: boolean;
+  /** Attach the `mos.control` port (default true). */
+  control?: boolean;
+  memoryMiB?: number;
+}
+
+export interface MachineEnv {
+  workDir: string;
+  cleanup: CleanupRegistry;
+  images: TestImages;
+  /** Called with console text as it arrives (run.mjs shows it live). */
+  onConsole?: (name: string, chunk: string) => void;
+  log: (line: string) => void;
+}
+
+export interface QemuExit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+export class Machine {
+  private qmpClient: Promise<QmpClient> | null = null;
+  private exitInfo: QemuExit | null = null;
+  readonly qemuStderr: string[] = [];
+
+  private constructor(
+    readonly name: string,
+    readonly dir: string,
+    readonly args: string[],
+    readonly console: ConsoleWatcher,
+    readonly pid: number,
+    readonly exited: Promise<QemuExit>,
+    readonly controlSocket: string,
+    readonly qmpSocket: string,
+    readonly startedAt: number,
+  ) {
+    void exited.then((info) => (this.exitInfo = info));
+  }
+
+  static async start(env: MachineEnv, options: BootOptions): Promise<Machine> {
+    const dir = path.join(env.workDir, options.name);
+    mkdirSync(dir, { recursive: true });
+    const consoleLog = path.join(dir, 'console.log');
+    const qmpSocket = path.join(dir, 'qmp.sock');
+    const controlSocket = path.join(dir, 'control.sock');
+    const config: QemuConfig = {
+      boot: { kind: 'direct', kernel: env.images.kernel, initrd: env.images.initrd, cmdline: buildCmdline(env.images.cmdline, options.cmdline) },
+      consoleLog,
+      qmpSocket,
+      memoryMiB: options.memoryMiB,
+    };
+    if (options.control ?? true) config.controlSocket = controlSocket;
+    if (options.boot === 'uefi') {
+      const secureBoot = options.secureBoot ?? true;
+      // A private copy of the variable store: OVMF writes to it.
+      const vars = path.join(dir, 'OVMF_VARS.fd');
+      copyFileSync(secureBoot ? OVMF_SNAKEOIL_VARS : OVMF_PLAIN_VARS, vars);
+      const esp = options.unsigned ? makeEsp(env.images.ukiUnsigned, path.join(dir, 'esp-unsigned.img')) : env.images.esp;
+      config.boot = { kind: 'uefi', code: secureBoot ? OVMF_SNAKEOIL_CODE : OVMF_PLAIN_CODE, vars, esp, secureBoot };
+    }
+    if (options.tpm) config.tpmSocket = (await startSwtpm(dir, env.cleanup)).socket;
+
+    const args = buildQemuArgs(config);
+    writeFileSync(path.join(dir, 'qemu.args'), `${QEMU_BINARY} ${args.map(shellQuote).join(' ')}\n`);
+    const watcher = ConsoleWatcher.followFile(consoleLog, [Markers.kernelPanic]);
+    if (env.onConsole) watcher.onData((chunk) => env.onConsole!(options.name, chunk));
+
+    // setpriv --pdeathsig: QEMU dies with the test process even if that is SIGKILLed.
+    const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', QEMU_BINARY, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    if (!child.pid) throw new Error('QEMU did not start');
+    const exited = new Promise<QemuExit>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
+    env.cleanup.process(`qemu ${options.name}`, child.pid, exited);
+    const machine = new Machine(options.name, dir, args, watcher, child.pid, exited, controlSocket, qmpSocket, Date.now());
+    const collect = (chunk: Buffer) => machine.qemuStderr.push(chunk.toString());
+    child.stdout.on('data', collect);
+    child.stderr.on('data', collect);
+    void exited.then(({ code, signal }) => {
+      const how = signal ? `signal ${signal}` : `code ${code}`;
+      const stderr = machine.qemuStderr.join('').trim();
+      watcher.end(`QEMU exited (${how})${stderr ? `: ${stderr}` : ''}`);
+    });
+    env.cleanup.add(`qmp ${options.name}`, async () => {
+      const qmp = await machine.qmpClient?.catch(() => null);
+      qmp?.close();
+    });
+    env.log(`${options.name}: started QEMU pid ${child.pid} (${options.boot}${options.tpm ? ', tpm' : ''})`);
+    return machine;
+  }
+
+  /** Seconds since QEMU started, for step timings. */
+  get elapsed(): string {
+    return `${((Date.now() - this.startedAt) / 1000).toFixed(1)} s`;
+  }
+
+  get hasExited(): boolean {
+    return this.exitInfo !== null;
+  }
+
+  waitFor(regex: RegExp, timeoutMs: number, options?: MarkerWaitOptions): Promise<RegExpExecArray> {
+    return this.console.waitForMarker(regex, timeoutMs, options);
+  }
+
+  qmp(): Promise<QmpClient> {
+    this.qmpClient ??= QmpClient.connect(this.qmpSocket);
+    return this.qmpClient;
+  }
+
+  /** Runs `mosctl --socket <control.sock> ...args` on the host. */
+  mosctl(...args: string[]): Promise<MosctlResult> {
+    return runMosctl(this.controlSocket, args);
+  }
+
+  /** `mosctl --json ...args`, parsed; throws with mosctl's output unless it exits 0. */
+  async mosctlJson<T = unknown>(...args: string[]): Promise<T> {
+    const result = await this.mosctl('--json', ...args);
+    if (result.code !== 0) throw new Error(`${result.command} exited ${result.code}: ${result.stderr}${result.stdout}`);
+    return JSON.parse(result.stdout) as T;
+  }
+
+  /** Waits for QEMU to exit by itself (a guest poweroff, or a reboot under -no-reboot). */
+  async waitForExit(timeoutMs: number): Promise<QemuExit> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new MarkerTimeoutError(`QEMU did not exit within ${timeoutMs} ms\n--- console tail ---\n${this.console.tail()}\n--- end ---`)),
+        timeoutMs,
+      );
+    });
+    try {
+      return await Promise.race([this.exited, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Ends the VM now (QMP quit, then the cleanup kills the pid if needed). */
+  async quit(): Promise<void> {
+    if (this.hasExited) return;
+    const qmp = await this.qmp().catch(() => null);
+    await qmp?.quit();
+    await this.waitForExit(5_000).catch(() => undefined);
+  }
+}
+
+function shellQuote(arg: string): string {
+  return /^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replace(/'/g, `'\\''`)}'`;
+}
