@@ -215,8 +215,10 @@ export function defaultCmdline(variant) {
   // test: every kernel line on the console (the harness reads it) and panic=-1, so a dead PID 1
   // reboots at once and QEMU's -no-reboot ends the run instead of a hang until the timeout.
   // prod: quiet, and panic=10: a device reboots by itself, but a person at the console gets
-  // 10 s to read why.
-  return variant === 'test' ? 'console=ttyS0 panic=-1' : 'console=ttyS0 quiet panic=10';
+  // 10 s to read why. The test (and demo) machine lets the host steer it over the virtio-serial
+  // control port (mos.debug_control=1): that is part of its signed command line, so a prod UKI
+  // cannot be given it.
+  return variant === 'test' ? 'console=ttyS0 panic=-1 mos.debug_control=1' : 'console=ttyS0 quiet panic=10';
 }
 
 /**

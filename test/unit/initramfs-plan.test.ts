@@ -200,7 +200,7 @@ Idx Name          Size      VMA               LMA               File off  Algn
   });
 
   it('bakes a command line per variant', () => {
-    expect(defaultCmdline('test')).toBe('console=ttyS0 panic=-1');
+    expect(defaultCmdline('test')).toBe('console=ttyS0 panic=-1 mos.debug_control=1');
     expect(defaultCmdline('prod')).toContain('quiet');
   });
 });

@@ -16,7 +16,7 @@ export const repoRoot = process.env.MOS_REPO_ROOT ?? path.resolve(path.dirname(f
 export const buildDir = path.join(repoRoot, 'build');
 
 /** The kernel command line of the test image when neither the manifest nor MOS_VM_CMDLINE says. */
-export const FALLBACK_TEST_CMDLINE = 'console=ttyS0 panic=-1';
+export const FALLBACK_TEST_CMDLINE = 'console=ttyS0 panic=-1 mos.debug_control=1';
 
 export interface TestImages {
   kernel: string;
