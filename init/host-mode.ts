@@ -8,13 +8,14 @@
  *   notify.sock    the sd_notify socket handed to services as $NOTIFY_SOCKET
  *   logs/          per-service rotated log files
  */
-import { lstatSync, mkdirSync, readFileSync, unlinkSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import type { Native } from '../native/types.ts';
 import { startControlServer } from './control/server.ts';
 import { ServiceLogStore } from './log/service-log-store.ts';
-import { ConfigError, parseServiceFile } from './supervisor/spec.ts';
+import { removeStaleSocket } from './stale-socket.ts';
+import { loadServiceFile } from './supervisor/spec.ts';
 import { Supervisor } from './supervisor/supervisor.ts';
 import type { ServiceSpec } from './supervisor/types.ts';
 
@@ -33,29 +34,7 @@ export interface HostModeHandle {
   shutdown(reason: string): Promise<void>;
 }
 
-/** A stale socket from a previous run may be replaced; anything else at the path is an error. */
-function removeStaleSocket(socketPath: string): void {
-  try {
-    if (lstatSync(socketPath).isSocket()) unlinkSync(socketPath);
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
-  }
-}
 
-function loadServices(configPath: string): { specs: ServiceSpec[]; error: string | null } {
-  let text: string;
-  try {
-    text = readFileSync(configPath, 'utf8');
-  } catch (error) {
-    return { specs: [], error: `${configPath}: cannot read: ${(error as Error).message}` };
-  }
-  try {
-    return { specs: parseServiceFile(text, configPath), error: null };
-  } catch (error) {
-    if (error instanceof ConfigError) return { specs: [], error: error.message };
-    throw error;
-  }
-}
 
 export async function runHostMode(options: HostModeOptions): Promise<HostModeHandle> {
   const { native, logger } = options;
@@ -86,7 +65,7 @@ export async function runHostMode(options: HostModeOptions): Promise<HostModeHan
   const onChild = () => supervisor.reapChildren();
   process.on('SIGCHLD', onChild);
 
-  const { specs, error } = loadServices(options.configPath);
+  const { specs, error } = loadServiceFile(options.configPath);
   // A bad file runs nothing (never half of it), but the supervisor stays up to say why.
   if (error) supervisor.setHealth('config-error', error);
   supervisor.load(specs);

@@ -19,7 +19,7 @@
  *
  * The design and the console markers are described in docs/boot.md.
  */
-import { lstatSync, mkdirSync, readFileSync, unlinkSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import pino, { type Logger } from 'pino';
@@ -29,7 +29,8 @@ import { ControlError, type ShutdownAccepted, type SupervisorApi } from '../cont
 import { ErrorCode } from '../control/protocol.ts';
 import { startControlServer, type ControlServer } from '../control/server.ts';
 import { ServiceLogStore } from '../log/service-log-store.ts';
-import { ConfigError, parseServiceFile } from '../supervisor/spec.ts';
+import { removeStaleSocket } from '../stale-socket.ts';
+import { loadServiceFile } from '../supervisor/spec.ts';
 import { Supervisor } from '../supervisor/supervisor.ts';
 import type { ServiceSpec } from '../supervisor/types.ts';
 import { parseCmdline, readMosCmdline, type MosCmdline } from './cmdline.ts';
@@ -149,28 +150,7 @@ class BootLog {
   }
 }
 
-function loadServices(configPath: string): { specs: ServiceSpec[]; error: string | null } {
-  let text: string;
-  try {
-    text = readFileSync(configPath, 'utf8');
-  } catch (error) {
-    return { specs: [], error: `${configPath}: cannot read: ${(error as Error).message}` };
-  }
-  try {
-    return { specs: parseServiceFile(text, configPath), error: null };
-  } catch (error) {
-    if (error instanceof ConfigError) return { specs: [], error: error.message };
-    throw error;
-  }
-}
 
-function removeStaleSocket(socketPath: string): void {
-  try {
-    if (lstatSync(socketPath).isSocket()) unlinkSync(socketPath);
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
-  }
-}
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
@@ -515,7 +495,7 @@ export function runPid1(options: Pid1Options): Pid1Handle {
       name: 'supervise',
       policy: 'fatal',
       run: (context) => {
-        const { specs, error } = loadServices(configPath);
+        const { specs, error } = loadServiceFile(configPath);
         if (error) {
           // A bad file runs nothing (never half of it); mos stays up to say why.
           supervisor.setHealth('config-error', error);

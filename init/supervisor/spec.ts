@@ -5,6 +5,7 @@
  * bad values, duplicate names, unknown dependencies and dependency cycles are all errors that
  * name the field, and a file with any error runs nothing (no half-applied configuration).
  */
+import { readFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import * as v from 'valibot';
 import { parseDocument } from 'yaml';
@@ -222,4 +223,23 @@ export function parseServiceFile(text: string, source: string): ServiceSpec[] {
     );
   }
   return parseServiceConfig(document.toJS(), source);
+}
+
+/**
+ * Reads and validates a service file. Problems come back as text, never as a throw: a bad file
+ * runs nothing, but the caller stays up to say why.
+ */
+export function loadServiceFile(configPath: string): { specs: ServiceSpec[]; error: string | null } {
+  let text: string;
+  try {
+    text = readFileSync(configPath, 'utf8');
+  } catch (error) {
+    return { specs: [], error: `${configPath}: cannot read: ${(error as Error).message}` };
+  }
+  try {
+    return { specs: parseServiceFile(text, configPath), error: null };
+  } catch (error) {
+    if (error instanceof ConfigError) return { specs: [], error: error.message };
+    throw error;
+  }
 }
