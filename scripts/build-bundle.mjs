@@ -2,7 +2,7 @@
 // Bundles mos-init and mosctl into single files (esbuild): one file starts about twice as fast
 // as the unbundled tree, which matters for PID 1 and for every mosctl call. The addon is copied
 // beside the bundles, where native/index.ts looks for it first.
-import { copyFileSync, existsSync, mkdirSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, renameSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
@@ -35,5 +35,13 @@ for (const [name, { entry, testHooks }] of Object.entries(entries)) {
   });
 }
 const addon = path.join(root, 'native', 'build', 'Release', 'mos_native.node');
-if (existsSync(addon)) copyFileSync(addon, path.join(dist, 'mos_native.node'));
+if (existsSync(addon)) {
+  // A running mos-init has the old addon mapped: overwriting that file in place would change
+  // code under it (SIGSEGV on its next native call). A new file renamed over the old name
+  // leaves the mapped one intact.
+  const target = path.join(dist, 'mos_native.node');
+  const staging = `${target}.${process.pid}.tmp`;
+  copyFileSync(addon, staging);
+  renameSync(staging, target);
+}
 console.log(`bundled ${Object.keys(entries).map((name) => `dist/${name}.mjs`).join(', ')}`);
