@@ -134,6 +134,10 @@ export class Supervisor implements SupervisorApi {
   private readonly runtimes = new Map<string, ServiceRuntime>();
   private readonly timers = new Map<string, Map<TimerName, unknown>>();
   private readonly runs = new Map<string, Run>();
+  /** Main pid → service, for the reaper and notify attribution (kept in step by dispatch). */
+  private readonly servicesByPid = new Map<number, string>();
+  /** Services in `waiting`: the only ones `schedule` needs to look at. */
+  private readonly waiting = new Set<string>();
   private readonly listeners = new Set<TransitionListener>();
   private readonly notifyLimiter = new NotifyRateLimiter();
   private readonly startedAt: number;
@@ -212,12 +216,11 @@ export class Supervisor implements SupervisorApi {
   }
 
   private handleExit(exit: ChildExit): void {
-    for (const [name, runtime] of this.runtimes) {
-      if (runtime.pid === exit.pid) {
-        this.dispatch(name, { type: 'exited', code: exit.code, signal: exit.signal });
-        this.schedule();
-        return;
-      }
+    const name = this.servicesByPid.get(exit.pid);
+    if (name !== undefined) {
+      this.dispatch(name, { type: 'exited', code: exit.code, signal: exit.signal });
+      this.schedule();
+      return;
     }
     // Not a service's main process: an orphan re-parented to us, a daemon's forked-off parent
     // after MAINPID=, or a child whose exec failed. Reaping it is all there is to do.
@@ -233,7 +236,15 @@ export class Supervisor implements SupervisorApi {
     if (!spec || !before) return;
     const { runtime, effects } = transition(before, spec, event, { wall: this.clock.wallNow(), mono: this.clock.monoNow() });
     this.runtimes.set(name, runtime);
-    if (runtime.state !== before.state) this.announce(name, event, before, runtime);
+    if (runtime.pid !== before.pid) {
+      if (before.pid !== null && this.servicesByPid.get(before.pid) === name) this.servicesByPid.delete(before.pid);
+      if (runtime.pid !== null) this.servicesByPid.set(runtime.pid, name);
+    }
+    if (runtime.state !== before.state) {
+      if (runtime.state === 'waiting') this.waiting.add(name);
+      else this.waiting.delete(name);
+      this.announce(name, event, before, runtime);
+    }
     for (const effect of effects) this.apply(name, effect);
   }
 
@@ -390,7 +401,8 @@ export class Supervisor implements SupervisorApi {
 
   /** The main pid first; else a process in the service's session (e.g. `systemd-notify`). */
   private serviceForSender(pid: number): string | null {
-    for (const [name, runtime] of this.runtimes) if (runtime.pid === pid) return name;
+    const byPid = this.servicesByPid.get(pid);
+    if (byPid !== undefined) return byPid;
     const session = this.sessionOf(pid);
     if (session === null) return null;
     for (const [name, runtime] of this.runtimes) if (runtime.pgid !== null && runtime.pgid === session) return name;
@@ -407,8 +419,7 @@ export class Supervisor implements SupervisorApi {
       let changed = true;
       while (changed) {
         changed = false;
-        for (const [name, runtime] of this.runtimes) {
-          if (runtime.state !== 'waiting') continue;
+        for (const name of [...this.waiting]) {
           const verdict = this.dependencyVerdict(this.specs.get(name)!);
           if (verdict === 'wait') continue;
           this.dispatch(name, verdict === 'ready' ? { type: 'deps-ready' } : { type: 'dep-failed', dependency: verdict.failed });
@@ -580,7 +591,17 @@ export class Supervisor implements SupervisorApi {
           this.dispatch(name, { type: 'stop' });
         }
       };
-      const off = this.onTransition(() => queueMicrotask(step));
+      // Many services change state in one turn (a batch of exits reaped together): one step
+      // per turn, not one per change, keeps stopping a thousand services linear.
+      let stepQueued = false;
+      const off = this.onTransition(() => {
+        if (stepQueued) return;
+        stepQueued = true;
+        queueMicrotask(() => {
+          stepQueued = false;
+          step();
+        });
+      });
       unsubscribeStep = () => void off();
       step();
     });
