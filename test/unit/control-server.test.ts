@@ -5,6 +5,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { makeStatus as makeStatusFor } from '../helpers/specs.ts';
 import { ControlError, type SupervisorApi, type SupervisorInfo } from '../../init/control/api.ts';
 import { serveControlStream, startControlServer, type ControlServer } from '../../init/control/server.ts';
 import type { BootTimeline } from '../../init/boot/timeline.ts';
@@ -87,24 +88,7 @@ class FakeSupervisor implements SupervisorApi {
 }
 
 function makeStatus(name: string): ServiceStatus {
-  return {
-    name,
-    kind: 'longrun',
-    state: 'stopped',
-    since: Date.now(),
-    pid: null,
-    startedAt: null,
-    readyAt: null,
-    readiness: 'none',
-    restarts: 0,
-    failures: 0,
-    lastExit: null,
-    reason: null,
-    errorCode: null,
-    statusText: null,
-    nextStartAt: null,
-    watchdogMs: 0,
-  };
+  return makeStatusFor({ name });
 }
 
 /** A bare socket speaking the protocol by hand, to send what `ControlClient` never would. */

@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { makeStatus } from '../helpers/specs.ts';
 import type { SupervisorInfo } from '../../init/control/api.ts';
 import type { LogLine } from '../../init/log/types.ts';
 import type { ServiceStatus } from '../../init/supervisor/types.ts';
@@ -16,25 +17,7 @@ const at = (time: string) => Date.parse(`2026-11-22T${time}Z`);
 const NOW = at('12:00:06');
 
 function status(overrides: Partial<ServiceStatus>): ServiceStatus {
-  return {
-    name: 'web',
-    kind: 'longrun',
-    state: 'stopped',
-    since: at('11:00:00'),
-    pid: null,
-    startedAt: null,
-    readyAt: null,
-    readiness: 'none',
-    restarts: 0,
-    failures: 0,
-    lastExit: null,
-    reason: null,
-    errorCode: null,
-    statusText: null,
-    nextStartAt: null,
-    watchdogMs: 0,
-    ...overrides,
-  };
+  return makeStatus(overrides, at('11:00:00'));
 }
 
 const web = status({
