@@ -118,7 +118,7 @@ async function main(): Promise<void> {
     if (!args.config) fail('--check needs --config FILE');
     check(args.config);
   }
-  if (!args.host) fail('only host mode (--host) is available in this build');
+  if (!args.host) fail('say --host to supervise as an ordinary process (PID-1 mode starts only as PID 1)');
   if (!args.config || !args['state-dir']) fail('--host needs --config FILE and --state-dir DIR');
 
   // Synchronous writes: a log line must never be lost to a crash or wait on the event loop.
