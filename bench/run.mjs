@@ -42,6 +42,11 @@ let MOS_INIT = path.join(DIST, 'mos-init.mjs');
 let MOSCTL = path.join(DIST, 'mosctl.mjs');
 
 const QUICK = process.argv.includes('--quick');
+/** `--only=long-mos,long-s6,memory`: measure just these (for working on one number); prints
+ * the raw results and writes no results file. Keys: crash-KEY, long-KEY (KEY = mos, mosNone,
+ * s6, s6None, runit, floor), memory (all three) and memory-NAME (mos, s6, runit). */
+const ONLY = process.argv.find((arg) => arg.startsWith('--only='))?.slice('--only='.length).split(',') ?? null;
+const selected = (key) => ONLY === null || ONLY.includes(key);
 
 /** Iteration counts. The full run stays well under 10 minutes on 2 cores. */
 const PLAN = QUICK
@@ -958,6 +963,7 @@ async function main() {
     ['floor', FLOOR, false, PLAN.crashLoopFast],
   ];
   for (const [key, supervisor, readiness, samples] of crashVariants) {
+    if (!selected(`crash-${key}`)) continue;
     log(`restart, crash loop: ${key} (${samples} restarts)`);
     const label = `crash-${key}`;
     results.restart.crash[key] = await measureQuietly(label, () =>
@@ -967,6 +973,7 @@ async function main() {
   const { services: parallel, samples: wanted } = PLAN.longLived;
   const perService = Math.ceil(wanted / parallel) + 1;
   for (const [key, supervisor, readiness] of crashVariants) {
+    if (!selected(`long-${key}`)) continue;
     log(`restart, service up > 1 s: ${key} (${parallel} services × ${perService - 1} restarts)`);
     const label = `long-${key}`;
     results.restart.longLived[key] = await measureQuietly(label, () =>
@@ -975,10 +982,11 @@ async function main() {
   }
 
   // 2 and 3. Memory, start and stop with N services.
-  results.idleNode = await measureIdleNode();
-  for (const count of PLAN.scales) {
+  const measuredScale = [MOS, S6, RUNIT].filter((supervisor) => selected('memory') || selected(`memory-${supervisor.name}`));
+  if (measuredScale.length > 0) results.idleNode = await measureIdleNode();
+  for (const count of measuredScale.length > 0 ? PLAN.scales : []) {
     results.scale[count] = {};
-    for (const supervisor of [MOS, S6, RUNIT]) {
+    for (const supervisor of measuredScale) {
       log(`${count} services: ${supervisor.name}`);
       results.scale[count][supervisor.name] = await measureQuietly(`${supervisor.name} with ${count} services`, () =>
         measureScale(supervisor, count),
@@ -986,6 +994,10 @@ async function main() {
     }
   }
 
+  if (ONLY !== null) {
+    console.log(JSON.stringify(results, (key, value) => (Array.isArray(value) && value.length > 20 ? `[${value.length} values]` : value), 2));
+    return;
+  }
   const tableRows = buildTable(results);
   const notes = buildNotes(results);
   const targetList = targets(results);
