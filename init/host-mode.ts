@@ -10,7 +10,7 @@
  */
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
-import type { Logger } from 'pino';
+import type { Logger } from './log/logger.ts';
 import type { Native } from '../native/types.ts';
 import { startControlServer } from './control/server.ts';
 import { ServiceLogStore } from './log/service-log-store.ts';
@@ -65,7 +65,7 @@ export async function runHostMode(options: HostModeOptions): Promise<HostModeHan
   const onChild = () => supervisor.reapChildren();
   process.on('SIGCHLD', onChild);
 
-  const { specs, error } = loadServiceFile(options.configPath);
+  const { specs, error } = await loadServiceFile(options.configPath);
   // A bad file runs nothing (never half of it), but the supervisor stays up to say why.
   if (error) supervisor.setHealth('config-error', error);
   supervisor.load(specs);
@@ -75,7 +75,7 @@ export async function runHostMode(options: HostModeOptions): Promise<HostModeHan
     path: path.join(stateDir, 'control.sock'),
     api: supervisor,
     peerCredentials: (fd) => native.peerCredentials(fd),
-    logger,
+    logger: { info: (message) => logger.info({}, message), warn: (message) => logger.warn({}, message) },
   });
   logger.info({ stateDir, services: specs.length }, 'mos host mode ready');
   supervisor.startAll();

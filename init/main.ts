@@ -10,10 +10,10 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import v8 from 'node:v8';
-import pino from 'pino';
 import { loadNative } from '../native/index.ts';
 import { PID1_DEFAULTS, runPid1 } from './boot/pid1.ts';
 import { runHostMode } from './host-mode.ts';
+import { createLogger } from './log/logger.ts';
 import { ConfigError, parseServiceFile } from './supervisor/spec.ts';
 
 const USAGE = `usage: mos-init --host --config FILE --state-dir DIR
@@ -78,9 +78,9 @@ function fail(message: string, code = 64): never {
   process.exit(code);
 }
 
-function check(configPath: string): never {
+async function check(configPath: string): Promise<never> {
   try {
-    const specs = parseServiceFile(readFileSync(configPath, 'utf8'), configPath);
+    const specs = await parseServiceFile(readFileSync(configPath, 'utf8'), configPath);
     process.stdout.write(`${configPath}: ${specs.length} services, valid\n`);
     process.exit(0);
   } catch (error) {
@@ -116,13 +116,18 @@ async function main(): Promise<void> {
   }
   if (args.check) {
     if (!args.config) fail('--check needs --config FILE');
-    check(args.config);
+    await check(args.config);
   }
   if (!args.host) fail('say --host to supervise as an ordinary process (PID-1 mode starts only as PID 1)');
   if (!args.config || !args['state-dir']) fail('--host needs --config FILE and --state-dir DIR');
 
   // Synchronous writes: a log line must never be lost to a crash or wait on the event loop.
-  const logger = pino({ level: process.env.MOS_LOG_LEVEL ?? 'info', base: { mos: process.pid } }, pino.destination({ fd: 2, sync: true }));
+  let logger;
+  try {
+    logger = createLogger({ level: process.env.MOS_LOG_LEVEL ?? 'info', base: { mos: process.pid }, destination: { fd: 2 } });
+  } catch (error) {
+    fail(`MOS_LOG_LEVEL: ${(error as Error).message}`);
+  }
   const native = loadNative();
   const host = await runHostMode({ configPath: args.config, stateDir: args['state-dir'], native, logger });
 

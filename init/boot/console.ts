@@ -10,7 +10,7 @@
  * Where the lines go: `/dev/console` on a machine; any path (a file is appended to) or `-`
  * (fd 2) for tests. When the console cannot be opened, `/dev/kmsg` is the fallback, as
  * `<5>mos: ...` records (they show on the console at the default log level and in dmesg). The
- * structured (pino) log is separate: a file under /run/mos (see pid1.ts).
+ * structured (JSON lines) log is separate: a file under /run/mos (see pid1.ts).
  */
 import { closeSync, constants, openSync, writeSync } from 'node:fs';
 

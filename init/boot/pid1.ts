@@ -22,12 +22,12 @@
 import { mkdirSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import pino, { type Logger } from 'pino';
 import type { Native } from '../../native/types.ts';
 import { MountFlags } from '../../native/types.ts';
 import { ControlError, type ShutdownAccepted, type SupervisorApi } from '../control/api.ts';
 import { ErrorCode } from '../control/protocol.ts';
 import { startControlServer, type ControlServer } from '../control/server.ts';
+import { type Logger, createLogger, parseLogLevel } from '../log/logger.ts';
 import { ServiceLogStore } from '../log/service-log-store.ts';
 import { removeStaleSocket } from '../stale-socket.ts';
 import { loadServiceFile } from '../supervisor/spec.ts';
@@ -117,10 +117,17 @@ class BootLog {
 
   attach(file: string): void {
     if (this.logger) return;
-    this.logger = pino(
-      { level: process.env.MOS_LOG_LEVEL ?? 'info', base: { mos: process.pid } },
-      pino.destination({ dest: file, sync: true, mkdir: true }),
-    );
+    // The level comes from the kernel command line (MOS_LOG_LEVEL=...): a typo there must not
+    // cost the log, so an unknown level means info, and the log says so.
+    const wanted = process.env.MOS_LOG_LEVEL ?? 'info';
+    let level = wanted;
+    try {
+      parseLogLevel(wanted);
+    } catch {
+      level = 'info';
+    }
+    this.logger = createLogger({ level, base: { mos: process.pid }, destination: { file } });
+    if (level !== wanted) this.logger.warn({ wanted }, `unknown MOS_LOG_LEVEL "${wanted}": logging at info`);
     for (const record of this.buffered.splice(0)) this.logger[record.level](record.fields, record.message);
   }
 
@@ -494,8 +501,8 @@ export function runPid1(options: Pid1Options): Pid1Handle {
     {
       name: 'supervise',
       policy: 'fatal',
-      run: (context) => {
-        const { specs, error } = loadServiceFile(configPath);
+      run: async (context) => {
+        const { specs, error } = await loadServiceFile(configPath);
         if (error) {
           // A bad file runs nothing (never half of it); mos stays up to say why.
           supervisor.setHealth('config-error', error);

@@ -8,7 +8,6 @@
 import { readFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import * as v from 'valibot';
-import { parseDocument } from 'yaml';
 import { parseDuration } from './duration.ts';
 import type { ServiceSpec } from './types.ts';
 
@@ -213,8 +212,22 @@ export function parseServiceConfig(document: unknown, source: string): ServiceSp
   return specs;
 }
 
-/** Parses a service file's text: YAML (which includes JSON). */
-export function parseServiceFile(text: string, source: string): ServiceSpec[] {
+/**
+ * Parses a service file's text: YAML, which includes JSON. Text that is plain JSON (the signed
+ * manifest path, generated files) is read with JSON.parse, and the YAML parser is loaded only
+ * when a file needs it: its start-up work and memory would otherwise stay in PID 1 for good.
+ */
+export async function parseServiceFile(text: string, source: string): Promise<ServiceSpec[]> {
+  if (text.trimStart().startsWith('{')) {
+    let document: unknown;
+    try {
+      document = JSON.parse(text);
+    } catch {
+      document = undefined; // YAML flow style, or broken: the YAML parser says which, and where
+    }
+    if (document !== undefined) return parseServiceConfig(document, source);
+  }
+  const { parseDocument } = await import('yaml');
   const document = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
   if (document.errors.length > 0) {
     throw new ConfigError(
@@ -229,7 +242,7 @@ export function parseServiceFile(text: string, source: string): ServiceSpec[] {
  * Reads and validates a service file. Problems come back as text, never as a throw: a bad file
  * runs nothing, but the caller stays up to say why.
  */
-export function loadServiceFile(configPath: string): { specs: ServiceSpec[]; error: string | null } {
+export async function loadServiceFile(configPath: string): Promise<{ specs: ServiceSpec[]; error: string | null }> {
   let text: string;
   try {
     text = readFileSync(configPath, 'utf8');
@@ -237,7 +250,7 @@ export function loadServiceFile(configPath: string): { specs: ServiceSpec[]; err
     return { specs: [], error: `${configPath}: cannot read: ${(error as Error).message}` };
   }
   try {
-    return { specs: parseServiceFile(text, configPath), error: null };
+    return { specs: await parseServiceFile(text, configPath), error: null };
   } catch (error) {
     if (error instanceof ConfigError) return { specs: [], error: error.message };
     throw error;

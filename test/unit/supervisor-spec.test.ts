@@ -1,9 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { ConfigError, parseServiceFile } from '../../init/supervisor/spec.ts';
 
-function problemsOf(text: string): string[] {
+async function problemsOf(text: string, source = 'services.yaml'): Promise<string[]> {
   try {
-    parseServiceFile(text, 'services.yaml');
+    await parseServiceFile(text, source);
   } catch (error) {
     expect(error).toBeInstanceOf(ConfigError);
     return (error as ConfigError).problems;
@@ -12,8 +12,8 @@ function problemsOf(text: string): string[] {
 }
 
 describe('service file', () => {
-  it('parses YAML with defaults filled in', () => {
-    const [web, migrate] = parseServiceFile(
+  it('parses YAML with defaults filled in', async () => {
+    const [web, migrate] = await parseServiceFile(
       `services:
   - name: web
     argv: [/usr/bin/python3, -m, http.server]
@@ -43,17 +43,30 @@ describe('service file', () => {
     expect(migrate).toMatchObject({ kind: 'oneshot', restart: 'no', readiness: { type: 'fd', fd: 4 } });
   });
 
-  it('accepts JSON', () => {
-    expect(parseServiceFile('{"services":[{"name":"a","argv":["/bin/true"],"readiness":"fd"}]}', 'x.json')[0]!.readiness).toEqual({ type: 'fd', fd: 3 });
+  it('accepts JSON', async () => {
+    expect((await parseServiceFile('{"services":[{"name":"a","argv":["/bin/true"],"readiness":"fd"}]}', 'x.json'))[0]!.readiness).toEqual({ type: 'fd', fd: 3 });
   });
 
-  it('names unknown fields', () => {
-    expect(problemsOf('services:\n  - name: a\n    argv: [/bin/true]\n    restrat: always\n')).toEqual(['services[0].restrat: unknown field']);
-    expect(problemsOf('services: []\nextra: 1\n')).toEqual(['extra: unknown field']);
+  it('reads JSON, YAML flow style and YAML block style alike', async () => {
+    const json = await parseServiceFile('{"services":[{"name":"a","argv":["/bin/true"],"env":{"X":"1"}}]}', 'a.json');
+    const flow = await parseServiceFile('{services: [{name: a, argv: [/bin/true], env: {X: "1"}}]}', 'a.yaml');
+    const block = await parseServiceFile('services:\n  - name: a\n    argv: [/bin/true]\n    env: { X: "1" }\n', 'a.yaml');
+    expect(flow).toEqual(json);
+    expect(block).toEqual(json);
   });
 
-  it('names bad values and missing fields, all at once', () => {
-    const problems = problemsOf(
+  it('names a JSON syntax error through the YAML parser, with its position', async () => {
+    const [problem] = await problemsOf('{"services": [}', 'a.json');
+    expect(problem).toMatch(/line 1/);
+  });
+
+  it('names unknown fields', async () => {
+    expect(await problemsOf('services:\n  - name: a\n    argv: [/bin/true]\n    restrat: always\n')).toEqual(['services[0].restrat: unknown field']);
+    expect(await problemsOf('services: []\nextra: 1\n')).toEqual(['extra: unknown field']);
+  });
+
+  it('names bad values and missing fields, all at once', async () => {
+    const problems = await problemsOf(
       'services:\n  - name: Web\n    argv: []\n    restart: sometimes\n    stopSignal: SIGKILL\n    stopTimeout: soon\n  - argv: [/bin/true]\n',
     );
     expect(problems).toEqual(
@@ -68,13 +81,13 @@ describe('service file', () => {
     );
   });
 
-  it('reports YAML syntax errors with their position', () => {
-    const [problem] = problemsOf('services:\n  - name: a\n    argv: [/bin/true\n');
+  it('reports YAML syntax errors with their position', async () => {
+    const [problem] = await problemsOf('services:\n  - name: a\n    argv: [/bin/true\n');
     expect(problem).toMatch(/line \d+/);
   });
 
-  it('rejects dependency cycles, naming the path', () => {
-    const problems = problemsOf(`services:
+  it('rejects dependency cycles, naming the path', async () => {
+    const problems = await problemsOf(`services:
   - { name: a, argv: [/bin/true], requires: [b] }
   - { name: b, argv: [/bin/true], after: [c] }
   - { name: c, argv: [/bin/true], requires: [a] }
@@ -82,8 +95,8 @@ describe('service file', () => {
     expect(problems).toEqual(['dependency cycle: a -> b -> c -> a']);
   });
 
-  it('rejects unknown dependencies, self-dependencies and duplicate names', () => {
-    const problems = problemsOf(`services:
+  it('rejects unknown dependencies, self-dependencies and duplicate names', async () => {
+    const problems = await problemsOf(`services:
   - { name: a, argv: [/bin/true], requires: [ghost] }
   - { name: b, argv: [/bin/true], after: [b] }
   - { name: a, argv: [/bin/true] }
@@ -95,15 +108,15 @@ describe('service file', () => {
     ]);
   });
 
-  it('refuses a watchdog without notify readiness', () => {
-    expect(problemsOf('services:\n  - { name: a, argv: [/bin/true], watchdog: 1s }\n')).toEqual([
+  it('refuses a watchdog without notify readiness', async () => {
+    expect(await problemsOf('services:\n  - { name: a, argv: [/bin/true], watchdog: 1s }\n')).toEqual([
       'a.watchdog: needs readiness "notify" (the watchdog is fed over sd_notify)',
     ]);
   });
 
-  it('refuses a document that is not a service file', () => {
-    expect(problemsOf('- just\n- a list\n')).toEqual(['expected a mapping with a "services" list']);
-    expect(problemsOf('')).toEqual(['expected a mapping with a "services" list']);
-    expect(problemsOf('{}')).toEqual(['services: missing required field']);
+  it('refuses a document that is not a service file', async () => {
+    expect(await problemsOf('- just\n- a list\n')).toEqual(['expected a mapping with a "services" list']);
+    expect(await problemsOf('')).toEqual(['expected a mapping with a "services" list']);
+    expect(await problemsOf('{}')).toEqual(['services: missing required field']);
   });
 });
