@@ -21,6 +21,8 @@ export interface SpawnPlanInput {
   /** Identifies this run in logs and to the service (`INVOCATION_ID`). */
   invocationId: string;
   isExecutable: (file: string) => boolean;
+  /** The executable found for this service before: skips the PATH search (stat calls). */
+  resolvedProgram?: string;
 }
 
 export type SpawnPlan =
@@ -64,7 +66,7 @@ export function planSpawn(input: SpawnPlanInput): SpawnPlan {
     }
   }
   const program = spec.argv[0]!;
-  const file = resolveExecutable(program, env.PATH ?? DEFAULT_PATH, spec.cwd, input.isExecutable);
+  const file = input.resolvedProgram ?? resolveExecutable(program, env.PATH ?? DEFAULT_PATH, spec.cwd, input.isExecutable);
   if (!file) {
     const where = program.includes('/') ? '' : ` in PATH ${env.PATH}`;
     return { ok: false, stage: 'execve', message: `executable not found: ${program}${where}` };

@@ -5,9 +5,7 @@
  * the `Native` port, feeds process exits (from the one reaper), readiness and watchdog pings back
  * in as events, and orders starts and stops by dependency. Time comes from an injected clock.
  */
-import { randomUUID } from 'node:crypto';
-import { accessSync, constants as fsConstants, openSync, readFileSync, statSync } from 'node:fs';
-import net from 'node:net';
+import { accessSync, closeSync, constants as fsConstants, openSync, readFileSync, readSync, statSync } from 'node:fs';
 import type { ChildExit, Native, NativeError } from '../../native/types.ts';
 import { ControlError, type SupervisorApi, type SupervisorInfo } from '../control/api.ts';
 import type { LogLine } from '../log/types.ts';
@@ -43,12 +41,14 @@ export const systemClock: SupervisorClock = {
   },
 };
 
-/** The structured logger the supervisor writes to (pino's shape). */
+/** The structured logger the supervisor writes to (init/log/logger.ts). */
 export interface SupervisorLogger {
   info(fields: object, message: string): void;
   warn(fields: object, message: string): void;
   error(fields: object, message: string): void;
   debug(fields: object, message: string): void;
+  /** When present and false, the supervisor skips building that level's fields. */
+  isLevelEnabled?(level: 'debug' | 'info' | 'warn' | 'error'): boolean;
 }
 
 /** The per-service log capture the supervisor writes children's output into. */
@@ -119,8 +119,34 @@ function defaultSessionOf(pid: number): number | null {
 
 interface Run {
   invocationId: string;
-  /** Read end of the s6-style readiness pipe, while the run waits for readiness. */
-  readinessReader?: net.Socket;
+  /** The s6-style readiness pipe's read end and its poll, while the run waits for readiness. */
+  readiness?: { fd: number; watch: { close(): void } };
+}
+
+/**
+ * Invocation ids (systemd's `INVOCATION_ID`: 128 bits as 32 hex digits): 64 random bits drawn
+ * once per supervisor, then a counter. Unique per run, unguessable across boots, and free per
+ * start (no crypto module in PID 1, no getrandom per restart).
+ */
+function invocationIdSource(): () => string {
+  const prefix = Buffer.alloc(8);
+  try {
+    const fd = openSync('/dev/urandom', 'r');
+    try {
+      readSync(fd, prefix);
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    // No /dev/urandom (a bare test root): time still keeps ids apart across runs.
+    prefix.writeBigUInt64BE(BigInt(Date.now()) * 1_000_000n + BigInt(process.pid));
+  }
+  const hex = prefix.toString('hex');
+  let counter = 0n;
+  return () => {
+    counter += 1n;
+    return hex + counter.toString(16).padStart(16, '0');
+  };
 }
 
 export class Supervisor implements SupervisorApi {
@@ -149,6 +175,10 @@ export class Supervisor implements SupervisorApi {
   private scheduling = false;
   private shuttingDown = false;
   private orphansReaped = 0;
+  private readonly nextInvocationId = invocationIdSource();
+  /** Each service's executable as resolved by its last successful start (PATH search is syscalls). */
+  private readonly resolvedPrograms = new Map<string, string>();
+  private readonly readinessBuffer = Buffer.alloc(256);
 
   constructor(private readonly options: SupervisorOptions) {
     this.native = options.native;
@@ -250,14 +280,9 @@ export class Supervisor implements SupervisorApi {
 
   /** One structured log line and a status update per transition. */
   private announce(name: string, event: ServiceEvent, before: ServiceRuntime, after: ServiceRuntime): void {
-    const fields: Record<string, unknown> = { service: name, event: event.type, from: before.state, to: after.state };
-    if (after.pid !== null) fields.pid = after.pid;
-    if (event.type === 'exited' || event.type === 'spawn-failed') fields.exit = after.lastExit?.text;
-    if (after.lastExit?.cause && (event.type === 'exited' || event.type === 'spawn-failed')) fields.cause = after.lastExit.cause;
-    if (after.reason) fields.reason = after.reason;
-    if (after.errorCode) fields.code = after.errorCode;
     const level = after.state === 'failed' ? 'warn' : 'info';
-    this.logger[level](fields, `${name}: ${before.state} -> ${after.state}`);
+    if (this.logger.isLevelEnabled?.(level) !== false) this.logTransition(level, name, event, before, after);
+    if (this.listeners.size === 0) return;
     const status = publicStatus(after);
     for (const listener of this.listeners) {
       try {
@@ -266,6 +291,16 @@ export class Supervisor implements SupervisorApi {
         this.logger.error({ err: error }, 'transition listener failed');
       }
     }
+  }
+
+  private logTransition(level: 'info' | 'warn', name: string, event: ServiceEvent, before: ServiceRuntime, after: ServiceRuntime): void {
+    const fields: Record<string, unknown> = { service: name, event: event.type, from: before.state, to: after.state };
+    if (after.pid !== null) fields.pid = after.pid;
+    if (event.type === 'exited' || event.type === 'spawn-failed') fields.exit = after.lastExit?.text;
+    if (after.lastExit?.cause && (event.type === 'exited' || event.type === 'spawn-failed')) fields.cause = after.lastExit.cause;
+    if (after.reason) fields.reason = after.reason;
+    if (after.errorCode) fields.code = after.errorCode;
+    this.logger[level](fields, `${name}: ${before.state} -> ${after.state}`);
   }
 
   private apply(name: string, effect: Effect): void {
@@ -308,9 +343,10 @@ export class Supervisor implements SupervisorApi {
   private spawn(name: string): void {
     const spec = this.specs.get(name)!;
     this.endRun(name);
-    const run: Run = { invocationId: randomUUID().replaceAll('-', '') };
+    const run: Run = { invocationId: this.nextInvocationId() };
     this.runs.set(name, run);
     let readinessPipe: [number, number] | undefined;
+    let readinessHandedOver = false;
     try {
       const output = this.serviceLogs.open(name);
       if (spec.readiness.type === 'fd') readinessPipe = this.native.pipe();
@@ -324,22 +360,36 @@ export class Supervisor implements SupervisorApi {
         notifySocket: this.options.notifySocketPath,
         invocationId: run.invocationId,
         isExecutable: this.isExecutable,
+        resolvedProgram: this.resolvedPrograms.get(name),
       });
       if (!plan.ok) {
         this.failSpawn(name, plan.stage, plan.message);
         return;
       }
       const { ok: _ok, ...spawnOptions } = plan;
-      const pid = this.native.spawn({ ...spawnOptions, setsid: true });
-      if (readinessPipe) run.readinessReader = this.watchReadinessPipe(name, pid, readinessPipe[0]);
+      let pid: number;
+      try {
+        pid = this.native.spawn({ ...spawnOptions, setsid: true });
+      } catch (error) {
+        // The program may have moved since it was found: search again next time.
+        this.resolvedPrograms.delete(name);
+        throw error;
+      }
+      this.resolvedPrograms.set(name, plan.file);
+      if (readinessPipe) {
+        run.readiness = this.watchReadinessPipe(name, pid, readinessPipe[0]);
+        readinessHandedOver = true;
+      }
       this.dispatch(name, { type: 'spawned', pid });
     } catch (error) {
       const nativeError = error as NativeError;
       this.failSpawn(name, nativeError.syscall ?? 'clone', nativeError.message);
-      if (readinessPipe) this.native.close(readinessPipe[0]);
     } finally {
-      // The child has its copy; ours would keep the pipe open past the child's exit.
-      if (readinessPipe) this.native.close(readinessPipe[1]);
+      // The child has its copy of the write end; ours would keep the pipe open past its exit.
+      if (readinessPipe) {
+        this.native.close(readinessPipe[1]);
+        if (!readinessHandedOver) this.native.close(readinessPipe[0]);
+      }
     }
   }
 
@@ -348,26 +398,58 @@ export class Supervisor implements SupervisorApi {
     this.dispatch(name, { type: 'spawn-failed', stage, message });
   }
 
-  /** s6 readiness: the first newline on the notification fd means ready. */
-  private watchReadinessPipe(name: string, pid: number, readFd: number): net.Socket {
-    const reader = new net.Socket({ fd: readFd, readable: true, writable: false });
-    let seen = '';
-    reader.on('data', (chunk: Buffer) => {
-      seen += chunk.toString('latin1');
-      if (seen.includes('\n')) {
-        reader.destroy();
-        if (this.runtimes.get(name)?.pid === pid) {
+  /**
+   * s6 readiness: the first newline on the notification fd means ready. A poll on the pipe and
+   * a plain read(2), not a net.Socket: a stream per run costs more than the whole restart.
+   */
+  private watchReadinessPipe(name: string, pid: number, readFd: number): { fd: number; watch: { close(): void } } {
+    this.native.setNonBlocking(readFd, true);
+    const readiness = {
+      fd: readFd,
+      watch: this.native.watchReadable(readFd, () => {
+        let ended = false;
+        let sawNewline = false;
+        for (;;) {
+          let count: number;
+          try {
+            count = readSync(readFd, this.readinessBuffer);
+          } catch (error) {
+            // EAGAIN: drained for now. Anything else ends the watch (the run stays unready).
+            if ((error as NodeJS.ErrnoException).code !== 'EAGAIN') ended = true;
+            break;
+          }
+          if (count === 0) {
+            ended = true; // every writer closed it without a newline: never ready this way
+            break;
+          }
+          if (this.readinessBuffer.subarray(0, count).includes(0x0a)) {
+            sawNewline = true;
+            break;
+          }
+        }
+        if (!sawNewline && !ended) return;
+        const run = this.runs.get(name);
+        if (run?.readiness === readiness) {
+          run.readiness = undefined;
+          this.closeReadiness(readiness);
+        }
+        if (sawNewline && this.runtimes.get(name)?.pid === pid) {
           this.dispatch(name, { type: 'ready' });
           this.schedule();
         }
-      }
-    });
-    reader.on('error', () => reader.destroy());
-    return reader;
+      }),
+    };
+    return readiness;
+  }
+
+  private closeReadiness(readiness: { fd: number; watch: { close(): void } }): void {
+    readiness.watch.close();
+    this.native.close(readiness.fd);
   }
 
   private endRun(name: string): void {
-    this.runs.get(name)?.readinessReader?.destroy();
+    const readiness = this.runs.get(name)?.readiness;
+    if (readiness) this.closeReadiness(readiness);
     this.runs.delete(name);
   }
 
