@@ -13,7 +13,8 @@
         "src/reap.cc",
         "src/signals.cc",
         "src/socket.cc",
-        "src/spawn.cc"
+        "src/spawn.cc",
+        "src/tpm.cc"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")"
@@ -23,6 +24,11 @@
       "defines": [
         "NAPI_VERSION=8",
         "NAPI_CPP_EXCEPTIONS"
+      ],
+      # The TPM2 TSS (src/tpm.cc): ESYS plus the two TCTIs linked directly (not tctildr's dlopen),
+      # so the initramfs, which copies the addon's ldd closure, gets them. Debian: libtss2-dev.
+      "libraries": [
+        "<!@(pkg-config --libs tss2-esys tss2-rc tss2-tcti-device tss2-tcti-swtpm || { echo 'mos_native: libtss2-dev (the TPM2 TSS) is missing: apt-get install libtss2-dev, or npm run setup' >&2; exit 1; })"
       ],
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions", "-std=gnu++17", "-std=gnu++20"],

@@ -3,7 +3,9 @@
  * public fields and helpers (`exit`, `deliverDatagram`, `failNextSpawn`, ...) and inspect what
  * the code under test asked for (`spawned`, `signals`, `mounts`, ...).
  */
+import { createHash } from 'node:crypto';
 import { constants } from 'node:os';
+import { DIGEST_SIZE, normalizePcrs, pcrPolicyDigest, PCR_COUNT, TPMA_NV, TPMA_NV_STATE } from '../init/trust/tpm-policy.ts';
 import type {
   ChildExit,
   CredDatagram,
@@ -16,6 +18,11 @@ import type {
   SignalWatch,
   SpawnOptions,
   SpawnStage,
+  TpmError,
+  TpmHashAlg,
+  TpmNvDefinition,
+  TpmNvPublic,
+  TpmPcrSelection,
 } from './types.ts';
 
 /** glibc's signal numbers on x86-64 Linux, for the fake's `signalNumber` (SIGRTMIN is 34). */
@@ -285,9 +292,189 @@ export class FakeNative implements Native {
     throw new TypeError(`signalNumber: unknown signal ${name}`);
   }
 
+  // ── TPM ───────────────────────────────────────────────────────────────────────────────────
+  // One in-memory TPM, whatever the tcti string: NV indices with the TPM's access rules for the
+  // attributes mos uses, PCR banks sha1 and sha256 (24 PCRs, zero as after TPM2_Startup), and
+  // PolicyPCR enforcement through the same digest function the trust code uses. Errors carry
+  // the codes and raw response codes the real TPM answers with.
+
+  /** NV index → its public area (attributes include the state bits) and data. */
+  readonly tpmNv = new Map<number, { public: TpmNvPublic; data: Buffer }>();
+  /** PCR values per allocated bank; sha384 and sha512 are not allocated. */
+  readonly tpmPcrs = new Map<TpmHashAlg, Buffer[]>([
+    ['sha1', Array.from({ length: PCR_COUNT }, () => Buffer.alloc(20))],
+    ['sha256', Array.from({ length: PCR_COUNT }, () => Buffer.alloc(32))],
+  ]);
+  /** TPM2_PT_NV_BUFFER_MAX. */
+  tpmNvBufferMax = 1024;
+  /** Every TPM call as `name tcti` (tests check what was asked, e.g. that nothing was written). */
+  readonly tpmCalls: string[] = [];
+  /** Makes the next call of `name` reject with this TPM error code (e.g. `TSS2_TCTI_RC_IO_ERROR`). */
+  failNextTpm?: { call: string; code: string };
+
+  /** Test helper: sets a PCR (as firmware would have measured it). */
+  setPcr(bank: TpmHashAlg, pcr: number, value: Buffer): void {
+    const values = this.fakePcrBank(bank);
+    if (value.length !== DIGEST_SIZE[bank]) throw new RangeError(`a ${bank} PCR holds ${DIGEST_SIZE[bank]} bytes`);
+    values[pcr] = Buffer.from(value);
+  }
+
+  /** Test helper: TPM2_PCR_Extend of one bank: PCR = H(PCR || digest). */
+  extendPcr(bank: TpmHashAlg, pcr: number, digest: Buffer): void {
+    const values = this.fakePcrBank(bank);
+    values[pcr] = createHash(bank).update(values[pcr]!).update(digest).digest();
+  }
+
+  /**
+   * Test helper: a TPM reset (reboot): PCRs back to zero, READLOCKED cleared, WRITELOCKED
+   * cleared only for WRITE_STCLEAR indices (WRITEDEFINE locks persist), WRITTEN cleared for
+   * CLEAR_STCLEAR indices.
+   */
+  resetTpm(): void {
+    for (const [bank, values] of this.tpmPcrs) values.fill(Buffer.alloc(DIGEST_SIZE[bank]));
+    for (const { public: pub } of this.tpmNv.values()) {
+      pub.attributes &= ~TPMA_NV.READLOCKED;
+      if (pub.attributes & TPMA_NV.WRITE_STCLEAR) pub.attributes &= ~TPMA_NV.WRITELOCKED;
+      if (pub.attributes & TPMA_NV.CLEAR_STCLEAR) pub.attributes &= ~TPMA_NV.WRITTEN;
+      pub.attributes >>>= 0;
+    }
+  }
+
+  async tpmNvReadPublic(tcti: string, index: number): Promise<TpmNvPublic | null> {
+    this.tpmCall('tpmNvReadPublic', tcti, 'Esys_TR_FromTPMPublic', index);
+    const entry = this.tpmNv.get(index);
+    return entry ? { ...entry.public, authPolicy: Buffer.from(entry.public.authPolicy) } : null;
+  }
+
+  async tpmNvDefine(tcti: string, definition: TpmNvDefinition): Promise<void> {
+    const { index } = definition;
+    this.tpmCall('tpmNvDefine', tcti, 'Esys_NV_DefineSpace', index);
+    const nameAlg = definition.nameAlg ?? 'sha256';
+    if (this.tpmNv.has(index)) throw createTpmError('Esys_NV_DefineSpace', 'TPM_RC_NV_DEFINED', index);
+    if (definition.attributes & (TPMA_NV_STATE | TPMA_NV.PLATFORMCREATE | TPMA_NV.POLICY_DELETE)) {
+      throw createTpmError('Esys_NV_DefineSpace', 'TPM_RC_ATTRIBUTES', index);
+    }
+    if (definition.authPolicy.length !== 0 && definition.authPolicy.length !== DIGEST_SIZE[nameAlg]) {
+      throw createTpmError('Esys_NV_DefineSpace', 'TPM_RC_SIZE', index);
+    }
+    if (definition.size < 1 || definition.size > 2048) throw createTpmError('Esys_NV_DefineSpace', 'TPM_RC_NV_SIZE', index);
+    this.tpmNv.set(index, {
+      public: { index, size: definition.size, attributes: definition.attributes >>> 0, authPolicy: Buffer.from(definition.authPolicy), nameAlg },
+      data: Buffer.alloc(definition.size, 0xff),
+    });
+  }
+
+  async tpmNvWrite(tcti: string, index: number, data: Buffer): Promise<void> {
+    const entry = this.fakeNvIndex('tpmNvWrite', tcti, index);
+    const pub = entry.public;
+    if (!(pub.attributes & TPMA_NV.OWNERWRITE)) throw createTpmError('Esys_NV_Write', 'TPM_RC_NV_AUTHORIZATION', index);
+    if (pub.attributes & TPMA_NV.WRITELOCKED) throw createTpmError('Esys_NV_Write', 'TPM_RC_NV_LOCKED', index);
+    if (data.length > pub.size) throw createTpmError('Esys_NV_Write', 'TPM_RC_NV_RANGE', index);
+    // Like the addon: chunks of NV_BUFFER_MAX, each its own TPM2_NV_Write.
+    for (let offset = 0; offset < data.length; offset += this.tpmNvBufferMax) {
+      const chunk = data.subarray(offset, offset + this.tpmNvBufferMax);
+      if (pub.attributes & TPMA_NV.WRITEALL && (offset !== 0 || chunk.length !== pub.size)) {
+        throw createTpmError('Esys_NV_Write', 'TPM_RC_NV_RANGE', index);
+      }
+      chunk.copy(entry.data, offset);
+      pub.attributes = (pub.attributes | TPMA_NV.WRITTEN) >>> 0;
+    }
+  }
+
+  async tpmNvWriteLock(tcti: string, index: number): Promise<void> {
+    const pub = this.fakeNvIndex('tpmNvWriteLock', tcti, index).public;
+    if (!(pub.attributes & TPMA_NV.OWNERWRITE)) throw createTpmError('Esys_NV_WriteLock', 'TPM_RC_NV_AUTHORIZATION', index);
+    if (!(pub.attributes & (TPMA_NV.WRITEDEFINE | TPMA_NV.WRITE_STCLEAR))) {
+      throw createTpmError('Esys_NV_WriteLock', 'TPM_RC_ATTRIBUTES', index);
+    }
+    pub.attributes = (pub.attributes | TPMA_NV.WRITELOCKED) >>> 0;
+  }
+
+  async tpmNvUndefine(tcti: string, index: number): Promise<void> {
+    const pub = this.fakeNvIndex('tpmNvUndefine', tcti, index).public;
+    if (pub.attributes & TPMA_NV.POLICY_DELETE) throw createTpmError('Esys_NV_UndefineSpace', 'TPM_RC_ATTRIBUTES', index);
+    this.tpmNv.delete(index);
+  }
+
+  async tpmNvReadWithPcrPolicy(tcti: string, index: number, policy: TpmPcrSelection): Promise<Buffer> {
+    const entry = this.fakeNvIndex('tpmNvReadWithPcrPolicy', tcti, index);
+    const pub = entry.public;
+    const pcrs = normalizePcrs(policy.pcrs);
+    const values = this.fakePcrBank(policy.bank, 'Esys_PolicyPCR');
+    const nameAlg = pub.nameAlg as TpmHashAlg;
+    const sessionDigest = pcrPolicyDigest(policy.bank, pcrs, pcrs.map((pcr) => values[pcr]!), nameAlg);
+    if (!(pub.attributes & TPMA_NV.POLICYREAD)) throw createTpmError('Esys_NV_Read', 'TPM_RC_NV_AUTHORIZATION', index);
+    if (!sessionDigest.equals(pub.authPolicy)) throw createTpmError('Esys_NV_Read', 'TPM_RC_POLICY_FAIL', index);
+    if (pub.attributes & TPMA_NV.READLOCKED) throw createTpmError('Esys_NV_Read', 'TPM_RC_NV_LOCKED', index);
+    if (!(pub.attributes & TPMA_NV.WRITTEN)) throw createTpmError('Esys_NV_Read', 'TPM_RC_NV_UNINITIALIZED', index);
+    return Buffer.from(entry.data);
+  }
+
+  async tpmPcrRead(tcti: string, bank: TpmHashAlg, pcrs: number[]): Promise<Buffer[]> {
+    this.tpmCall('tpmPcrRead', tcti, 'Esys_PCR_Read', undefined, bank);
+    for (const pcr of pcrs) {
+      if (!Number.isInteger(pcr) || pcr < 0 || pcr >= PCR_COUNT) throw new TypeError('pcrs[] must be an integer in [0, 23]');
+    }
+    const values = this.fakePcrBank(bank, 'Esys_PCR_Read');
+    return pcrs.map((pcr) => Buffer.from(values[pcr]!));
+  }
+
+  private tpmCall(name: string, tcti: string, syscall: string, index?: number, subject?: string): void {
+    if (!/^(device|swtpm):./.test(tcti)) {
+      throw new TypeError(`tcti must be device:<path> or swtpm:host=<host>,port=<port>, not ${tcti}`);
+    }
+    this.tpmCalls.push(`${name} ${tcti}`);
+    const failure = this.failNextTpm;
+    if (failure?.call === name) {
+      this.failNextTpm = undefined;
+      throw createTpmError(syscall, failure.code, index, subject);
+    }
+  }
+
+  private fakeNvIndex(name: string, tcti: string, index: number) {
+    this.tpmCall(name, tcti, 'Esys_TR_FromTPMPublic', index);
+    const entry = this.tpmNv.get(index);
+    if (!entry) throw createTpmError('Esys_TR_FromTPMPublic', 'TPM_RC_HANDLE', index);
+    return entry;
+  }
+
+  private fakePcrBank(bank: TpmHashAlg, syscall = 'Esys_PCR_Read'): Buffer[] {
+    const values = this.tpmPcrs.get(bank);
+    if (!values) throw createTpmError(syscall, 'PCR_UNAVAILABLE', undefined, bank);
+    return values;
+  }
+
   private allocateFd(): number {
     const fd = this.nextFd++;
     this.openFds.add(fd);
     return fd;
   }
+}
+
+/** Raw response codes the fake answers with: those a real TPM gives for the same failure. */
+const FAKE_TPM_RC: Record<string, number> = {
+  TPM_RC_HANDLE: 0x18b, // handle 1
+  TPM_RC_POLICY_FAIL: 0x99d, // session 1
+  TPM_RC_ATTRIBUTES: 0x2c2, // parameter 2
+  TPM_RC_SIZE: 0x1d5, // parameter 1
+  TPM_RC_NV_RANGE: 0x146,
+  TPM_RC_NV_SIZE: 0x147,
+  TPM_RC_NV_LOCKED: 0x148,
+  TPM_RC_NV_AUTHORIZATION: 0x149,
+  TPM_RC_NV_UNINITIALIZED: 0x14a,
+  TPM_RC_NV_DEFINED: 0x14c,
+  TSS2_TCTI_RC_IO_ERROR: 0xa000a,
+  PCR_UNAVAILABLE: 0,
+};
+
+/** A TpmError as the addon makes it: message `<syscall> <CODE>[ <subject>]`. */
+export function createTpmError(syscall: string, code: string, index?: number, subject?: string): TpmError {
+  const about = subject ?? (index === undefined ? undefined : `0x${index.toString(16).padStart(8, '0')}`);
+  const error = new Error(about === undefined ? `${syscall} ${code}` : `${syscall} ${code} ${about}`);
+  return Object.assign(error, {
+    code,
+    rc: FAKE_TPM_RC[code] ?? 0,
+    syscall,
+    ...(about === undefined ? {} : { subject: about }),
+  });
 }

@@ -37,6 +37,13 @@ const NATIVE_METHODS = [
   'sync',
   'killAll',
   'signalNumber',
+  'tpmNvReadPublic',
+  'tpmNvDefine',
+  'tpmNvWrite',
+  'tpmNvWriteLock',
+  'tpmNvUndefine',
+  'tpmNvReadWithPcrPolicy',
+  'tpmPcrRead',
 ] as const satisfies readonly (keyof Native)[];
 
 // Compile-time proof that the list above names every method of `Native`.

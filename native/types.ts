@@ -187,6 +187,45 @@ export interface Native {
    * glibc, which reserves 32 and 33). Throws a TypeError for an unknown name.
    */
   signalNumber(name: string): number;
+
+  // ── TPM 2.0 (native/src/tpm.cc, libtss2-esys) ──────────────────────────────────────────────
+  // One function per TPM command sequence, each opening its own TCTI + ESYS context on the thread
+  // pool and closing it again (sessions it starts are flushed on every path). `tcti` is
+  // `device:/dev/tpmrm0` (the kernel's resource manager) or `swtpm:host=127.0.0.1,port=P` (tests).
+  // Failures reject with a `TpmError`. No policy here: which index, attributes and PCRs is
+  // decided in init/trust/.
+
+  /**
+   * TPM2_NV_ReadPublic: the index's public area, or null when the index is not defined
+   * (TPM_RC_HANDLE).
+   */
+  tpmNvReadPublic(tcti: string, index: number): Promise<TpmNvPublic | null>;
+  /**
+   * TPM2_NV_DefineSpace in the owner hierarchy (owner authorization: empty password), with an
+   * empty authValue for the index itself. `size` 1-2048.
+   */
+  tpmNvDefine(tcti: string, definition: TpmNvDefinition): Promise<void>;
+  /**
+   * TPM2_NV_Write of `data` at offset 0 with owner authorization, in chunks of the TPM's
+   * TPM2_PT_NV_BUFFER_MAX (an index with TPMA_NV_WRITEALL takes only a single chunk).
+   */
+  tpmNvWrite(tcti: string, index: number, data: Buffer): Promise<void>;
+  /** TPM2_NV_WriteLock with owner authorization (TPMA_NV_WRITEDEFINE or _WRITE_STCLEAR). */
+  tpmNvWriteLock(tcti: string, index: number): Promise<void>;
+  /** TPM2_NV_UndefineSpace with owner authorization. */
+  tpmNvUndefine(tcti: string, index: number): Promise<void>;
+  /**
+   * The whole index, read under a policy session: StartAuthSession (policy, unsalted, unbound,
+   * hash = the index's nameAlg) → TPM2_PolicyPCR over the PCRs' *current* values → TPM2_NV_Read
+   * authorized by that session, chunked by TPM2_PT_NV_BUFFER_MAX. Rejects with
+   * TPM_RC_POLICY_FAIL when the current values do not give the index's authPolicy.
+   */
+  tpmNvReadWithPcrPolicy(tcti: string, index: number, policy: TpmPcrSelection): Promise<Buffer>;
+  /**
+   * TPM2_PCR_Read (repeated until every PCR is answered): the values in the order of `pcrs`.
+   * Rejects with code `PCR_UNAVAILABLE` (rc 0) when the bank is not allocated.
+   */
+  tpmPcrRead(tcti: string, bank: TpmHashAlg, pcrs: number[]): Promise<Buffer[]>;
 }
 
 export const MountFlags = {
@@ -222,4 +261,59 @@ export interface NativeError extends Error {
   path?: string;
   /** For spawn failures: the pid of the child that failed before exec. */
   pid?: number;
+}
+
+// ── TPM 2.0 ────────────────────────────────────────────────────────────────────────────────
+
+/** The hash algorithms mos names: PCR banks, NV nameAlg, policy session hashes. */
+export type TpmHashAlg = 'sha1' | 'sha256' | 'sha384' | 'sha512';
+
+/** TPMS_NV_PUBLIC of a defined index. */
+export interface TpmNvPublic {
+  index: number;
+  /** dataSize, in bytes. */
+  size: number;
+  /** TPMA_NV bits (see `TPMA_NV` in init/trust/tpm-policy.ts), including the TPM-set state bits. */
+  attributes: number;
+  authPolicy: Buffer;
+  /** A `TpmHashAlg`, or `alg-0x....` for one mos does not name. */
+  nameAlg: TpmHashAlg | `alg-0x${string}`;
+}
+
+export interface TpmNvDefinition {
+  /** 0x01000000-0x01ffffff. */
+  index: number;
+  size: number;
+  attributes: number;
+  /** Empty for none; else a digest of `nameAlg`'s size. */
+  authPolicy: Buffer;
+  /** Default sha256. */
+  nameAlg?: TpmHashAlg;
+}
+
+/** A PCR selection in one bank; PCR numbers 0-23. */
+export interface TpmPcrSelection {
+  bank: TpmHashAlg;
+  pcrs: number[];
+}
+
+/**
+ * A TPM command failure from the addon (or the fake). The message reads
+ * `Esys_NV_Read TPM_RC_POLICY_FAIL 0x01806d6f`: the failing call, the code, the subject.
+ */
+export interface TpmError extends Error {
+  /**
+   * `TPM_RC_<name>` for the TPM's own response codes (the handle, parameter or session number
+   * stripped: 0x99d is TPM_RC_POLICY_FAIL), `TSS2_<LAYER>_RC_<name>` for the TSS's (e.g.
+   * `TSS2_TCTI_RC_IO_ERROR` when /dev/tpmrm0 cannot be opened), or `PCR_UNAVAILABLE`.
+   */
+  code: string;
+  /** The raw TSS2_RC (0 for PCR_UNAVAILABLE). */
+  rc: number;
+  /** The ESYS (or TCTI init) function that failed, e.g. `Esys_NV_Read`. */
+  syscall: string;
+  /** The index as `0x01806d6f`, the bank, or for TCTI failures the tcti string. */
+  subject?: string;
+  /** libtss2-rc's human reading of `rc`, e.g. `tpm:session(1):a policy check failed`. */
+  description?: string;
 }

@@ -15,6 +15,10 @@ const APT_COMMANDS = {
   perl: 'perl', // the orphan-storm generator
   make: 'make',
   g: 'g++',
+  'pkg-config': 'pkg-config', // native/binding.gyp finds the TSS libraries with it
+  '/usr/include/tss2/tss2_esys.h': 'libtss2-dev', // the addon's TPM port (native/src/tpm.cc)
+  tpm2_nvread: 'tpm2-tools', // the TPM test oracle
+  swtpm: 'swtpm', // the software TPM of the TPM tests
 };
 
 function run(command, args, options = {}) {
@@ -22,6 +26,7 @@ function run(command, args, options = {}) {
 }
 
 function hasCommand(name) {
+  if (name.startsWith('/')) return existsSync(name); // a file the package installs (headers)
   const command = name === 'g' ? 'g++' : name;
   return ['/usr/bin', '/bin', '/usr/sbin', '/sbin', '/usr/local/bin'].some((dir) => existsSync(path.join(dir, command)));
 }
