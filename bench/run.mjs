@@ -36,7 +36,7 @@ const RESULTS_DIR = path.join(BENCH_DIR, 'results');
 const PROBE_SOURCE = path.join(BENCH_DIR, 'probe.c');
 const PROBE = path.join(WORK_DIR, 'probe');
 const DIST = path.join(ROOT, 'dist');
-const MOS_FILES = ['mos-init.mjs', 'mosctl.mjs', 'mos_native.node'];
+const MOS_FILES = ['mos-init.mjs', 'mosctl.mjs', 'mos-yaml.mjs', 'mos_native.node', 'mos_tpm.node'];
 /** mos runs from a private copy of dist/ (see snapshotMos), set in main(). */
 let MOS_INIT = path.join(DIST, 'mos-init.mjs');
 let MOSCTL = path.join(DIST, 'mosctl.mjs');

@@ -255,8 +255,12 @@ function bundleInputs(variant) {
   const init = variant === 'test' && existsSync(testInit) ? testInit : path.join(dist, 'mos-init.mjs');
   const addonCandidates = [path.join(dist, 'mos_native.node'), path.join(root, 'native', 'build', 'Release', 'mos_native.node')];
   const addon = addonCandidates.find((file) => existsSync(file));
+  // The TPM addon is built with the core one and lives beside it.
+  const tpmAddon = addon && path.join(path.dirname(addon), 'mos_tpm.node');
   const mosctl = path.join(dist, 'mosctl.mjs');
-  return { init, addon, mosctl };
+  // The YAML parser, imported on demand by the bundles (scripts/build-bundle.mjs).
+  const yaml = path.join(dist, 'mos-yaml.mjs');
+  return { init, addon, tpmAddon, mosctl, yaml };
 }
 
 function ensureBuilt() {
@@ -353,7 +357,9 @@ function buildTree({ variant, stageDir, node, kernel, modulePlan, epoch }) {
   const bundle = bundleInputs(variant);
   tree.file('usr/lib/mos/mos-init.mjs', bundle.init);
   tree.file('usr/lib/mos/mosctl.mjs', bundle.mosctl);
+  tree.file('usr/lib/mos/mos-yaml.mjs', bundle.yaml);
   addWithLibraries(tree, bundle.addon, 'usr/lib/mos/mos_native.node', libs);
+  addWithLibraries(tree, bundle.tpmAddon, 'usr/lib/mos/mos_tpm.node', libs);
   for (const hostPath of Object.keys(BINARIES)) addWithLibraries(tree, hostPath, imagePathFor(hostPath), libs);
   // Kernel modules, decompressed to plain .ko (finit_module without in-kernel decompression).
   const modRoot = `usr/lib/modules/${KERNEL.release}`;
@@ -383,7 +389,7 @@ function buildTree({ variant, stageDir, node, kernel, modulePlan, epoch }) {
 function smokeTest(stageDir, elfFiles) {
   const checks = [
     ...elfFiles.map((file) => ['/lib64/ld-linux-x86-64.so.2', '--list', file]),
-    ['/usr/bin/node', '-e', "process.dlopen({exports:{}}, '/usr/lib/mos/mos_native.node'); require('node:crypto').randomBytes(8)"],
+    ['/usr/bin/node', '-e', "for (const a of ['mos_native', 'mos_tpm']) process.dlopen({exports:{}}, `/usr/lib/mos/${a}.node`); require('node:crypto').randomBytes(8)"],
     ['/usr/sbin/ip', '-V'],
     ['/usr/sbin/nft', '--version'],
   ];
@@ -519,8 +525,8 @@ async function main() {
   if (options.dist) distDir = path.resolve(options.dist);
   else ensureBuilt();
   for (const variant of variants) {
-    const { init, addon, mosctl } = bundleInputs(variant);
-    for (const file of [init, mosctl, addon ?? path.join(distDir, 'mos_native.node')]) {
+    const { init, addon, tpmAddon, mosctl, yaml } = bundleInputs(variant);
+    for (const file of [init, mosctl, yaml, addon ?? path.join(distDir, 'mos_native.node'), tpmAddon ?? path.join(distDir, 'mos_tpm.node')]) {
       if (!existsSync(file)) throw new Error(`${file} is missing (npm run build)`);
     }
   }
@@ -542,7 +548,7 @@ async function main() {
     mkdirSync(workDir, { recursive: true });
     const stageDir = path.join(workDir, 'root');
     const { list, libs } = buildTree({ variant, stageDir, node, kernel, modulePlan, epoch });
-    smokeTest(stageDir, ['/usr/bin/node', '/usr/lib/mos/mos_native.node', ...Object.keys(BINARIES)]);
+    smokeTest(stageDir, ['/usr/bin/node', '/usr/lib/mos/mos_native.node', '/usr/lib/mos/mos_tpm.node', ...Object.keys(BINARIES)]);
     const cpio = path.join(out, `initramfs-${variant}.cpio`);
     writeCpio(stageDir, list, cpio);
     const detail = { bundle: path.relative(root, bundleInputs(variant).init), entries: list.length, libraries: libs };

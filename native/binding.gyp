@@ -13,8 +13,7 @@
         "src/reap.cc",
         "src/signals.cc",
         "src/socket.cc",
-        "src/spawn.cc",
-        "src/tpm.cc"
+        "src/spawn.cc"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")"
@@ -25,10 +24,31 @@
         "NAPI_VERSION=8",
         "NAPI_CPP_EXCEPTIONS"
       ],
-      # The TPM2 TSS (src/tpm.cc): ESYS plus the two TCTIs linked directly (not tctildr's dlopen),
-      # so the initramfs, which copies the addon's ldd closure, gets them. Debian: libtss2-dev.
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions", "-std=gnu++17", "-std=gnu++20"],
+      "cflags_cc": ["-std=c++17", "-fexceptions", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+    },
+    {
+      # The TPM port (src/tpm.cc), a second addon that native/index.ts loads on the first TPM
+      # call: the TSS and the libcrypto it pulls in cost ~2 MB of RSS in every process that maps
+      # them, and most of mos's life (host mode, every boot after verification) needs no TPM.
+      "target_name": "mos_tpm",
+      "sources": [
+        "src/tpm_addon.cc",
+        "src/tpm.cc",
+        "src/errors.cc"
+      ],
+      "include_dirs": [
+        "<!(node -p \"require('node-addon-api').include_dir\")"
+      ],
+      "defines": [
+        "NAPI_VERSION=8",
+        "NAPI_CPP_EXCEPTIONS"
+      ],
+      # ESYS plus the two TCTIs linked directly (not tctildr's dlopen), so the initramfs, which
+      # copies the addon's ldd closure, gets them. Debian: libtss2-dev.
       "libraries": [
-        "<!@(pkg-config --libs tss2-esys tss2-rc tss2-tcti-device tss2-tcti-swtpm || { echo 'mos_native: libtss2-dev (the TPM2 TSS) is missing: apt-get install libtss2-dev, or npm run setup' >&2; exit 1; })"
+        "<!@(pkg-config --libs tss2-esys tss2-rc tss2-tcti-device tss2-tcti-swtpm || { echo 'mos_tpm: libtss2-dev (the TPM2 TSS) is missing: apt-get install libtss2-dev, or npm run setup' >&2; exit 1; })"
       ],
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions", "-std=gnu++17", "-std=gnu++20"],

@@ -207,6 +207,15 @@ export class FakeNative implements Native {
     return peer;
   }
 
+  /** The fake has no kernel sockets: the control server's tests use the real addon. */
+  listenUnixStream(path: string, _backlog: number): number {
+    throw createNativeError('socket', 'ENOSYS', path);
+  }
+
+  acceptConnection(_fd: number): number | null {
+    throw createNativeError('accept4', 'ENOSYS');
+  }
+
   watchReadable(fd: number, onReadable: () => void): ReadableWatch {
     this.readableWatchers.set(fd, onReadable);
     return {
@@ -280,6 +289,13 @@ export class FakeNative implements Native {
     this.signalNumber(signal);
     this.killAllSignals.push(signal);
     return this.killAllResult;
+  }
+
+  /** Every setV8Flags call, in order. */
+  readonly v8Flags: string[] = [];
+
+  setV8Flags(flags: string): void {
+    this.v8Flags.push(flags);
   }
 
   signalNumber(name: string): number {

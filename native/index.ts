@@ -1,7 +1,9 @@
 /**
- * The only loader of the native addon (`mos_native.node`, built by `npm run build:addon`).
+ * The only loader of the native addons (built by `npm run build:addon`): `mos_native.node`, and
+ * `mos_tpm.node` beside it, which is loaded on the first TPM call only (the TSS and libcrypto
+ * cost ~2 MB of RSS in a process that maps them; most processes never talk to the TPM).
  *
- * This file is also bundled into `dist/*.mjs`, where the build copies the addon next to the
+ * This file is also bundled into `dist/*.mjs`, where the build copies the addons next to the
  * bundle; hence the search in `nativeAddonPath()`.
  */
 import { existsSync } from 'node:fs';
@@ -11,9 +13,10 @@ import { fileURLToPath } from 'node:url';
 import type { Native } from './types.ts';
 
 const ADDON_FILE = 'mos_native.node';
+const TPM_ADDON_FILE = 'mos_tpm.node';
 
-/** The methods the addon must export: exactly those of `Native`. */
-const NATIVE_METHODS = [
+/** The methods mos_native.node must export: those of `Native` but the TPM's. */
+const CORE_METHODS = [
   'spawn',
   'reap',
   'kill',
@@ -25,6 +28,8 @@ const NATIVE_METHODS = [
   'bindCredDatagramSocket',
   'receiveCredDatagrams',
   'peerCredentials',
+  'listenUnixStream',
+  'acceptConnection',
   'watchReadable',
   'mount',
   'umount',
@@ -37,6 +42,11 @@ const NATIVE_METHODS = [
   'sync',
   'killAll',
   'signalNumber',
+  'setV8Flags',
+] as const satisfies readonly (keyof Native)[];
+
+/** The methods of mos_tpm.node. */
+const TPM_METHODS = [
   'tpmNvReadPublic',
   'tpmNvDefine',
   'tpmNvWrite',
@@ -46,10 +56,10 @@ const NATIVE_METHODS = [
   'tpmPcrRead',
 ] as const satisfies readonly (keyof Native)[];
 
-// Compile-time proof that the list above names every method of `Native`.
+// Compile-time proof that the lists above name every method of `Native`.
 type AssertTrue<T extends true> = T;
 export type EveryNativeMethodListed = AssertTrue<
-  [Exclude<keyof Native, (typeof NATIVE_METHODS)[number]>] extends [never] ? true : false
+  [Exclude<keyof Native, (typeof CORE_METHODS)[number] | (typeof TPM_METHODS)[number]>] extends [never] ? true : false
 >;
 
 /** Where the addon may be, most explicit first. */
@@ -84,6 +94,29 @@ export function loadNative(): Native {
       `mos native addon not built: run npm run build:addon (looked for ${addonCandidates().join(', ')})`,
     );
   }
+  const addon = requireAddon(addonPath, CORE_METHODS);
+  let tpm: Record<string, unknown> | undefined;
+  const tpmAddon = () => (tpm ??= requireAddon(path.join(path.dirname(addonPath), TPM_ADDON_FILE), TPM_METHODS));
+  const native: Record<string, unknown> = { ...addon };
+  for (const name of TPM_METHODS) {
+    // The TPM calls return promises: a TPM addon that cannot load rejects them, like a TPM error.
+    native[name] = (...args: unknown[]) => {
+      let tpmExports: Record<string, unknown>;
+      try {
+        tpmExports = tpmAddon();
+      } catch (error) {
+        return Promise.reject(error);
+      }
+      // Argument errors still throw at once, as every other native call's do.
+      return (tpmExports[name] as (...a: unknown[]) => Promise<unknown>)(...args);
+    };
+  }
+  // The addons' exports are the `Native` methods themselves (signal names are mapped in C++).
+  loaded = native as unknown as Native;
+  return loaded;
+}
+
+function requireAddon(addonPath: string, methods: readonly string[]): Record<string, unknown> {
   const require = createRequire(import.meta.url);
   let addon: Record<string, unknown>;
   try {
@@ -93,13 +126,11 @@ export function loadNative(): Native {
       cause,
     });
   }
-  const missing = NATIVE_METHODS.filter((name) => typeof addon[name] !== 'function');
+  const missing = methods.filter((name) => typeof addon[name] !== 'function');
   if (missing.length > 0) {
     throw new Error(
       `mos native addon at ${addonPath} is stale (missing ${missing.join(', ')}): run npm run build:addon`,
     );
   }
-  // The addon's exports are the `Native` methods themselves (signal names are mapped in C++).
-  loaded = addon as unknown as Native;
-  return loaded;
+  return addon;
 }

@@ -138,6 +138,13 @@ export interface Native {
   receiveCredDatagrams(fd: number, max: number): CredDatagram[];
   /** SO_PEERCRED of a connected unix stream socket. */
   peerCredentials(fd: number): Credentials;
+  /**
+   * socket(AF_UNIX, SOCK_STREAM) + bind(path) + listen(backlog), non-blocking and close-on-exec.
+   * Returns the fd. bind creates the file with 0777 & ~umask.
+   */
+  listenUnixStream(path: string, backlog: number): number;
+  /** accept4 of one pending connection (non-blocking, close-on-exec); null when none is pending. */
+  acceptConnection(fd: number): number | null;
 
   /**
    * Calls `onReadable` on the event loop whenever `fd` is readable (a libuv poll handle). The
@@ -187,6 +194,11 @@ export interface Native {
    * glibc, which reserves 32 and 33). Throws a TypeError for an unknown name.
    */
   signalNumber(name: string): number;
+  /**
+   * V8 flags at run time, as node's `v8.setFlagsFromString` (which loads the v8 module and its
+   * bindings: ~1 MB of PID 1 for one call).
+   */
+  setV8Flags(flags: string): void;
 
   // ── TPM 2.0 (native/src/tpm.cc, libtss2-esys) ──────────────────────────────────────────────
   // One function per TPM command sequence, each opening its own TCTI + ESYS context on the thread

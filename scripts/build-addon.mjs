@@ -14,6 +14,8 @@ import { fileURLToPath } from 'node:url';
 const repoRoot = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
 const nativeDir = path.join(repoRoot, 'native');
 const addonPath = path.join(nativeDir, 'build', 'Release', 'mos_native.node');
+/** Built by the same binding.gyp: the TPM port, loaded on first use (native/index.ts). */
+const tpmAddonPath = path.join(nativeDir, 'build', 'Release', 'mos_tpm.node');
 const nodeGyp = path.join(repoRoot, 'node_modules', 'node-gyp', 'bin', 'node-gyp.js');
 const force = process.argv.includes('--force');
 
@@ -48,8 +50,8 @@ function sourceFiles() {
 }
 
 function isUpToDate() {
-  if (!existsSync(addonPath)) return false;
-  const builtAt = statSync(addonPath).mtimeMs;
+  if (!existsSync(addonPath) || !existsSync(tpmAddonPath)) return false;
+  const builtAt = Math.min(statSync(addonPath).mtimeMs, statSync(tpmAddonPath).mtimeMs);
   return sourceFiles().every((file) => statSync(file).mtimeMs < builtAt);
 }
 
@@ -77,5 +79,7 @@ console.log(`build-addon: node-gyp rebuild (nodedir ${nodeDir})`);
 const result = spawnSync(process.execPath, args, { cwd: repoRoot, env, stdio: 'inherit' });
 if (result.error) fail(`cannot run node-gyp: ${result.error.message}`);
 if (result.status !== 0) fail(`node-gyp failed (exit ${result.status ?? result.signal})`);
-if (!existsSync(addonPath)) fail(`node-gyp succeeded but ${addonPath} is missing`);
-console.log(`build-addon: built ${path.relative(repoRoot, addonPath)}`);
+for (const built of [addonPath, tpmAddonPath]) {
+  if (!existsSync(built)) fail(`node-gyp succeeded but ${built} is missing`);
+}
+console.log(`build-addon: built ${path.relative(repoRoot, addonPath)} and ${path.relative(repoRoot, tpmAddonPath)}`);

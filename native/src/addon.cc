@@ -1,4 +1,5 @@
-// Module registration: the exports are exactly the methods of `Native` in native/types.ts.
+// Module registration: the exports are the methods of `Native` in native/types.ts but the TPM's
+// (those are mos_tpm.node, src/tpm_addon.cc).
 #include "addon.h"
 
 namespace {
@@ -10,7 +11,6 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   mos::RegisterPoll(env, exports);
   mos::RegisterMount(env, exports);
   mos::RegisterBoot(env, exports);
-  mos::RegisterTpm(env, exports);
   return exports;
 }
 

@@ -17,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
+#include <v8.h>
 
 #include <string>
 #include <unordered_set>
@@ -299,6 +300,14 @@ Napi::Value SignalNumberOf(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, *number);
 }
 
+// V8 flags at run time (what node's `v8.setFlagsFromString` does, without loading the v8
+// module and its heap-snapshot, serializer and profiler bindings into PID 1).
+Napi::Value SetV8Flags(const Napi::CallbackInfo& info) {
+  std::string flags = RequireString(info[0], "flags");
+  v8::V8::SetFlagsFromString(flags.c_str(), flags.size());
+  return info.Env().Undefined();
+}
+
 }  // namespace
 
 void RegisterBoot(Napi::Env env, Napi::Object exports) {
@@ -316,6 +325,7 @@ void RegisterBoot(Napi::Env env, Napi::Object exports) {
   exports.Set("mknod", Napi::Function::New(env, Mknod, "mknod"));
   exports.Set("killAll", Napi::Function::New(env, KillAll, "killAll"));
   exports.Set("signalNumber", Napi::Function::New(env, SignalNumberOf, "signalNumber"));
+  exports.Set("setV8Flags", Napi::Function::New(env, SetV8Flags, "setV8Flags"));
 }
 
 }  // namespace mos

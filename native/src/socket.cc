@@ -179,6 +179,40 @@ Napi::Value PeerCredentials(const Napi::CallbackInfo& info) {
   return CredentialsObject(env, credentials);
 }
 
+// A listening AF_UNIX stream socket, non-blocking and close-on-exec. The file's mode is the
+// caller's business (umask around this call): bind creates it.
+Napi::Value ListenUnixStream(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path = RequireString(info[0], "path");
+  int64_t backlog = RequireInteger(info[1], "backlog", 1, 4096);
+  sockaddr_un address;
+  socklen_t addressLength = FillUnixAddress(env, path, &address);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) ThrowNativeError(env, "socket", errno, path.c_str());
+  auto failWith = [&](const char* syscall) {
+    int error = errno;
+    close(fd);
+    ThrowNativeError(env, syscall, error, path.c_str());
+  };
+  if (bind(fd, reinterpret_cast<sockaddr*>(&address), addressLength) != 0) failWith("bind");
+  if (listen(fd, static_cast<int>(backlog)) != 0) failWith("listen");
+  return Napi::Number::New(env, fd);
+}
+
+// accept4 of one pending connection (non-blocking, close-on-exec); null when none is pending.
+Napi::Value AcceptConnection(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = RequireFd(info[0], "fd");
+  for (;;) {
+    int connection = accept4(fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (connection >= 0) return Napi::Number::New(env, connection);
+    if (errno == EINTR) continue;
+    // ECONNABORTED: the peer gave up while queued; nothing to accept from it.
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ECONNABORTED) return env.Null();
+    ThrowNativeError(env, "accept4", errno);
+  }
+}
+
 }  // namespace
 
 void RegisterSocket(Napi::Env env, Napi::Object exports) {
@@ -190,6 +224,8 @@ void RegisterSocket(Napi::Env env, Napi::Object exports) {
   exports.Set("receiveCredDatagrams",
               Napi::Function::New(env, ReceiveCredDatagrams, "receiveCredDatagrams"));
   exports.Set("peerCredentials", Napi::Function::New(env, PeerCredentials, "peerCredentials"));
+  exports.Set("listenUnixStream", Napi::Function::New(env, ListenUnixStream, "listenUnixStream"));
+  exports.Set("acceptConnection", Napi::Function::New(env, AcceptConnection, "acceptConnection"));
 }
 
 }  // namespace mos
