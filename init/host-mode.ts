@@ -13,7 +13,7 @@ import path from 'node:path';
 import type { Logger } from './log/logger.ts';
 import type { Native } from '../native/types.ts';
 import { startControlServer } from './control/server.ts';
-import { ServiceLogStore } from './log/service-log-store.ts';
+import { ServiceLogStore, logPipe } from './log/service-log-store.ts';
 import { removeStaleSocket } from './stale-socket.ts';
 import { loadServiceFile } from './supervisor/spec.ts';
 import { Supervisor } from './supervisor/supervisor.ts';
@@ -44,7 +44,8 @@ export async function runHostMode(options: HostModeOptions): Promise<HostModeHan
 
   const logs = new ServiceLogStore({
     dir: path.join(stateDir, 'logs'),
-    pipe: () => native.pipe(),
+    pipe: () => logPipe(native),
+    watchReadable: (fd, onReadable) => native.watchReadable(fd, onReadable),
     // 4 files of 4 MiB a service: a burst of 100,000 typical lines fits without rotating any away.
     fileMaxBytes: 4 * 1024 * 1024,
     fileKeep: 3,
@@ -74,6 +75,7 @@ export async function runHostMode(options: HostModeOptions): Promise<HostModeHan
   const control = await startControlServer({
     path: path.join(stateDir, 'control.sock'),
     api: supervisor,
+    sockets: native,
     peerCredentials: (fd) => native.peerCredentials(fd),
     logger: { info: (message) => logger.info({}, message), warn: (message) => logger.warn({}, message) },
   });

@@ -14,6 +14,7 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Native } from '../../native/types.ts';
+import { monotonicMs } from '../monotonic.ts';
 
 const MODULE_SUFFIX = /\.ko(\.(xz|zst|gz))?$/;
 
@@ -165,7 +166,7 @@ export async function loadModules(
   native: Native,
   modulesDir: string,
   plan: ModulePlan,
-  now: () => number = () => performance.now(),
+  now: () => number = () => monotonicMs(),
   deps?: ReadonlyMap<string, ModuleDep>,
 ): Promise<ModuleLoadOutcome[]> {
   const outcomes: ModuleLoadOutcome[] = [];

@@ -28,7 +28,7 @@ import { ControlError, type ShutdownAccepted, type SupervisorApi } from '../cont
 import { ErrorCode } from '../control/protocol.ts';
 import { startControlServer, type ControlServer } from '../control/server.ts';
 import { type Logger, createLogger, parseLogLevel } from '../log/logger.ts';
-import { ServiceLogStore } from '../log/service-log-store.ts';
+import { ServiceLogStore, logPipe } from '../log/service-log-store.ts';
 import { removeStaleSocket } from '../stale-socket.ts';
 import { loadServiceFile } from '../supervisor/spec.ts';
 import { Supervisor } from '../supervisor/supervisor.ts';
@@ -72,6 +72,7 @@ import {
   readVirtioPorts,
   systemPortIo,
 } from './virtio-control.ts';
+import { monotonicMs } from '../monotonic.ts';
 
 export const PID1_DEFAULTS = {
   configPath: '/etc/mos/services.yaml',
@@ -230,7 +231,8 @@ export function runPid1(options: Pid1Options): Pid1Handle {
   // ── the supervisor exists from the start, so the control API can always answer ─────────────
   const logs = new ServiceLogStore({
     dir: path.join(stateDir, 'logs'),
-    pipe: () => native.pipe(),
+    pipe: () => logPipe(native),
+    watchReadable: (fd, onReadable) => native.watchReadable(fd, onReadable),
     fileMaxBytes: 1024 * 1024,
     fileKeep: 2,
     onError: (error) => log.error({ err: error }, 'service log capture failed'),
@@ -296,6 +298,7 @@ export function runPid1(options: Pid1Options): Pid1Handle {
     controlStarting ??= (async () => {
       mkdirSync(stateDir, { recursive: true, mode: 0o700 });
       control = await startControlServer({
+        sockets: native,
         path: path.join(stateDir, 'control.sock'),
         api,
         peerCredentials: (fd) => native.peerCredentials(fd),
@@ -332,7 +335,7 @@ export function runPid1(options: Pid1Options): Pid1Handle {
     log.info({ action, cause, boundMs: plan.boundMs }, `shutdown: ${action} requested by ${cause}`);
     try {
       await runShutdown(plan, {
-        now: () => performance.now(),
+        now: () => monotonicMs(),
         sleep,
         stopServices: (deadlineMs) => supervisor.stopAll(deadlineMs),
         closeLogs: async () => {
@@ -468,7 +471,7 @@ export function runPid1(options: Pid1Options): Pid1Handle {
         const deps = parseModulesDep(depText);
         const builtin = parseModulesBuiltin(readOptional(path.join(modulesDir, 'modules.builtin')) ?? '');
         const plan = planModuleLoads(requests, deps, builtin);
-        const outcomes = await loadModules(native, modulesDir, plan, () => performance.now(), deps);
+        const outcomes = await loadModules(native, modulesDir, plan, () => monotonicMs(), deps);
         for (const outcome of outcomes) log.info({ module: outcome.name, result: outcome.result, ms: Math.round(outcome.durationMs), detail: outcome.detail }, `module ${outcome.name}: ${outcome.result}`);
         const failed = outcomes.filter((o) => o.result === 'failed');
         const absent = outcomes.filter((o) => o.result === 'no-device').map((o) => o.name);
@@ -520,7 +523,7 @@ export function runPid1(options: Pid1Options): Pid1Handle {
   ];
 
   async function searchControlPort(searchMs: number): Promise<void> {
-    const deadline = performance.now() + searchMs;
+    const deadline = monotonicMs() + searchMs;
     for (;;) {
       if (shutdownState !== null) return;
       const location = findControlPort(readVirtioPorts());
@@ -543,7 +546,7 @@ export function runPid1(options: Pid1Options): Pid1Handle {
         }
         return;
       }
-      if (performance.now() >= deadline) {
+      if (monotonicMs() >= deadline) {
         log.info({}, `no virtio-serial port named ${CONTROL_PORT_NAME}`);
         return;
       }

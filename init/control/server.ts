@@ -5,9 +5,9 @@
  * API failure becomes an error response, and a client that disconnects, floods or stops reading
  * costs at most its own connection.
  */
+import { chmodSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
-import { chmod, lstat, mkdir, unlink } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { ControlError, type SupervisorApi } from './api.ts';
 import {
@@ -31,10 +31,22 @@ export interface ControlServerLogger {
   warn(message: string): void;
 }
 
+/**
+ * The listening socket's syscalls (the `Native` port). Not net.Server: its listen() loads Node's
+ * cluster module and with it child_process and dgram, ~2 MB of PID 1 for nothing used here.
+ */
+export interface ControlSockets {
+  listenUnixStream(path: string, backlog: number): number;
+  acceptConnection(fd: number): number | null;
+  watchReadable(fd: number, onReadable: () => void): { close(): void };
+  close(fd: number): void;
+}
+
 export interface ControlServerOptions {
   /** Filesystem path of the socket, e.g. `/run/mos/control.sock`. */
   path: string;
   api: SupervisorApi;
+  sockets: ControlSockets;
   /** SO_PEERCRED of an accepted connection's fd (`native.peerCredentials`). */
   peerCredentials: (fd: number) => Credentials;
   /** Peers allowed to connect; default root and the uid mos runs as. */
@@ -74,35 +86,81 @@ export interface ControlServer {
  */
 const MAX_UNREAD_FOLLOW_BYTES = 4 * 1024 * 1024;
 
+/** Connections waiting to be accepted; more wait in the kernel's SYN-less unix queue as EAGAIN. */
+const LISTEN_BACKLOG = 64;
+/** After accept4 fails (EMFILE, ENOMEM, …) the socket stays readable: pause instead of spinning. */
+const ACCEPT_RETRY_MS = 100;
+
 export async function startControlServer(options: ControlServerOptions): Promise<ControlServer> {
-  const { path: socketPath, logger } = options;
+  const { path: socketPath, logger, sockets } = options;
   const allowedUids = new Set(options.allowedUids ?? defaultAllowedUids());
 
-  await mkdir(dirname(socketPath), { recursive: true, mode: 0o700 });
+  mkdirSync(dirname(socketPath), { recursive: true, mode: 0o700 });
   await removeStaleSocket(socketPath);
+  const listenFd = listenRootOnly(sockets, socketPath);
 
   const connections = new Set<net.Socket>();
-  // Half-open: a client may send its requests and shut its side; it still gets every answer.
-  const server = net.createServer({ allowHalfOpen: true }, (socket) => {
+  const accept = (fd: number) => {
+    // Checked on the raw fd, before Node wraps it: a refused peer gets one answer and nothing else.
+    const refusal = refusalOf(fd, options.peerCredentials, allowedUids);
+    // Half-open: a client may send its requests and shut its side; it still gets every answer.
+    const socket = new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: true });
     connections.add(socket);
     socket.once('close', () => connections.delete(socket));
-    if (admit(socket, options.peerCredentials, allowedUids, logger)) {
+    if (refusal === null) {
       new ControlConnection(socket, options.api, logger).serve();
+    } else {
+      refuse(socket, refusal, logger);
     }
-  });
-  await listenRootOnly(server, socketPath);
-  // Accept failures (EMFILE, …) are reported here; they must not take PID 1 down.
-  server.on('error', (error) => logger?.warn(`control socket ${socketPath}: ${error.message}`));
+  };
+
+  let watch: { close(): void } | null = null;
+  let retry: NodeJS.Timeout | null = null;
+  let closed = false;
+  const onReadable = () => {
+    for (;;) {
+      let fd: number | null;
+      try {
+        fd = sockets.acceptConnection(listenFd);
+      } catch (error) {
+        // Accept failures must not take PID 1 down, nor spin it: try again in a moment.
+        logger?.warn(`control socket ${socketPath}: ${errorMessage(error)}`);
+        watch?.close();
+        watch = null;
+        retry = setTimeout(() => {
+          retry = null;
+          if (!closed) watch = sockets.watchReadable(listenFd, onReadable);
+        }, ACCEPT_RETRY_MS);
+        return;
+      }
+      if (fd === null) return;
+      try {
+        accept(fd);
+      } catch (error) {
+        logger?.warn(`control socket ${socketPath}: ${errorMessage(error)}`);
+        sockets.close(fd);
+      }
+    }
+  };
+  watch = sockets.watchReadable(listenFd, onReadable);
   logger?.info(`control socket listening on ${socketPath}`);
 
-  let closing: Promise<void> | undefined;
   return {
     close() {
-      closing ??= new Promise<void>((resolve, reject) => {
-        server.close((error) => (error ? reject(error) : resolve()));
+      if (!closed) {
+        closed = true;
+        watch?.close();
+        if (retry) clearTimeout(retry);
+        sockets.close(listenFd);
+        // Like net.Server: the path goes with the socket (the next start finds nothing stale).
+        try {
+          unlinkSync(socketPath);
+        } catch {
+          // Already gone, or replaced by someone else's file we should not touch anyway.
+        }
         for (const socket of connections) socket.destroy();
-      });
-      return closing;
+      }
+      return Promise.resolve();
     },
   };
 }
@@ -119,7 +177,7 @@ function defaultAllowedUids(): number[] {
 async function removeStaleSocket(socketPath: string): Promise<void> {
   let stats;
   try {
-    stats = await lstat(socketPath);
+    stats = lstatSync(socketPath);
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
     throw error;
@@ -130,7 +188,7 @@ async function removeStaleSocket(socketPath: string): Promise<void> {
   if (await isServing(socketPath)) {
     throw new Error(`control socket ${socketPath} is in use by another process`);
   }
-  await unlink(socketPath);
+  unlinkSync(socketPath);
 }
 
 function isServing(socketPath: string): Promise<boolean> {
@@ -144,46 +202,39 @@ function isServing(socketPath: string): Promise<boolean> {
   });
 }
 
-async function listenRootOnly(server: net.Server, socketPath: string): Promise<void> {
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    // bind(2) creates the socket file with 0777 & ~umask, synchronously inside listen(): the
-    // temporary umask makes it 0600 from its first moment instead of after a chmod.
-    const previousUmask = process.umask(0o177);
-    try {
-      server.listen(socketPath, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    } finally {
-      process.umask(previousUmask);
-    }
-  });
-  // A default ACL on the directory overrides the umask; the mode must be exact regardless.
-  await chmod(socketPath, 0o600);
+function listenRootOnly(sockets: ControlSockets, socketPath: string): number {
+  // bind(2) creates the socket file with 0777 & ~umask: the temporary umask makes it 0600 from
+  // its first moment instead of after a chmod.
+  const previousUmask = process.umask(0o177);
+  let fd: number;
+  try {
+    fd = sockets.listenUnixStream(socketPath, LISTEN_BACKLOG);
+  } finally {
+    process.umask(previousUmask);
+  }
+  try {
+    // A default ACL on the directory overrides the umask; the mode must be exact regardless.
+    chmodSync(socketPath, 0o600);
+  } catch (error) {
+    sockets.close(fd);
+    throw error;
+  }
+  return fd;
 }
 
-/** Checks the peer's uid; a refused peer gets one `E_PERMISSION` response and is disconnected. */
-function admit(
-  socket: net.Socket,
-  peerCredentials: (fd: number) => Credentials,
-  allowedUids: ReadonlySet<number>,
-  logger: ControlServerLogger | undefined,
-): boolean {
-  let refusal: string;
-  // Node exposes no SO_PEERCRED; the accepted socket's fd is on its libuv handle.
-  const fd = (socket as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
-  if (typeof fd !== 'number' || fd < 0) {
-    refusal = 'permission denied: cannot identify the peer of the control socket';
-  } else {
-    try {
-      const peer = peerCredentials(fd);
-      if (allowedUids.has(peer.uid)) return true;
-      refusal = `permission denied: the control socket is root-only (peer uid ${peer.uid})`;
-    } catch (error) {
-      refusal = `permission denied: cannot read the peer's credentials (${errorMessage(error)})`;
-    }
+/** Why a peer may not use the socket (SO_PEERCRED's uid), or null when it may. */
+function refusalOf(fd: number, peerCredentials: (fd: number) => Credentials, allowedUids: ReadonlySet<number>): string | null {
+  try {
+    const peer = peerCredentials(fd);
+    if (allowedUids.has(peer.uid)) return null;
+    return `permission denied: the control socket is root-only (peer uid ${peer.uid})`;
+  } catch (error) {
+    return `permission denied: cannot read the peer's credentials (${errorMessage(error)})`;
   }
+}
+
+/** A refused peer gets one `E_PERMISSION` response and is disconnected. */
+function refuse(socket: net.Socket, refusal: string, logger: ControlServerLogger | undefined): void {
   logger?.warn(`control socket: refused a connection: ${refusal}`);
   socket.on('error', () => {});
   const response: ServerMessage = {
@@ -193,7 +244,6 @@ function admit(
     error: { code: ErrorCode.Permission, message: refusal },
   };
   endAfterFlush(socket, `${JSON.stringify(response)}\n`);
-  return false;
 }
 
 /** Ends our side after the last bytes are out, then closes fully even if the peer never does. */

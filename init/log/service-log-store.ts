@@ -1,5 +1,4 @@
-import { closeSync } from 'node:fs';
-import { Socket } from 'node:net';
+import { closeSync, readSync } from 'node:fs';
 import { LineSplitter } from './line-splitter.ts';
 import { LogRing } from './ring.ts';
 import { RotatingFile } from './rotating-file.ts';
@@ -11,11 +10,15 @@ type Follower = (line: LogLine) => void;
 const STREAMS: readonly StreamName[] = ['stdout', 'stderr'];
 
 /**
- * How many event-loop turns `flush()` spends draining pipes while they keep delivering bytes. One
- * turn reads everything a pipe held when it began (libuv reads up to 32 × 64 KiB per wakeup); the
- * cap keeps a service that never stops writing from stalling `flush()` forever.
+ * How many rounds `flush()` spends draining pipes while they keep delivering bytes. One round
+ * reads every pipe empty (or `MAX_READS_PER_WAKE` reads); the cap keeps a service that never
+ * stops writing from stalling `flush()` forever.
  */
 const MAX_DRAIN_TURNS = 16;
+
+/** Reads per readable pipe per wake-up: a chatty service cannot starve the others (2 MiB). */
+const MAX_READS_PER_WAKE = 32;
+const READ_CHUNK_BYTES = 64 * 1024;
 
 /**
  * File text (UTF-16 code units) a service may have queued before its pipes stop being read until
@@ -27,8 +30,13 @@ const FILE_BACKLOG_LIMIT = 1024 * 1024;
 export interface ServiceLogStoreOptions {
   /** Where `<service>.log` files go; created (recursively, mode 0700) on first use. */
   dir: string;
-  /** Makes a pipe: `[readFd, writeFd]`. In mos, the native addon's pipe2(O_CLOEXEC). */
+  /**
+   * Makes a pipe: `[readFd, writeFd]`, the read end non-blocking. In mos, the native addon's
+   * pipe2(O_CLOEXEC) with O_NONBLOCK set on the read end.
+   */
   pipe: () => [number, number];
+  /** Calls `onReadable` whenever `fd` is readable (in mos, the addon's libuv poll). */
+  watchReadable: (fd: number, onReadable: () => void) => { close(): void };
   /** Wall-clock ms for `LogLine.ts`; `Date.now` by default. */
   now?: () => number;
   /** Per-service ring bounds (UTF-8 bytes of text, and lines). */
@@ -48,8 +56,12 @@ export interface ServiceLogStoreOptions {
 
 /** One stream's pipe: the write end handed to every run of the service, and the reading side. */
 interface StreamCapture {
+  readonly readFd: number;
   readonly writeFd: number;
-  readonly socket: Socket;
+  /** The poll on the read end; null while paused (backpressure) or after a read error. */
+  watch: { close(): void } | null;
+  /** The read end failed (not EAGAIN): it is not read again. */
+  broken: boolean;
   readonly splitter: LineSplitter;
 }
 
@@ -69,8 +81,9 @@ interface ServiceLog {
  *
  * Each service gets one pipe per stream for its whole life, not per run: the store holds the write
  * ends, so the read side never sees EOF between restarts and nothing written by a dying run (or by
- * its leftover children) is lost. The read ends are libuv pipe handles (`net.Socket`), read by
- * epoll on the event loop; no thread-pool reads and no syscall per line.
+ * its leftover children) is lost. The read ends are polled by epoll on the event loop (a libuv
+ * poll each) and read with read(2) into one shared buffer: no thread-pool reads, no syscall per
+ * line, and no stream objects per pipe (a net.Socket per pipe cost ~5 KB of PID 1 each).
  *
  * Lines get a per-service `seq` from 1 without gaps, shared by both streams (and by `append`).
  * Order is exact within a stream; between stdout and stderr it is the order the reads happened.
@@ -92,6 +105,7 @@ export class ServiceLogStore {
   private readonly logs = new Map<string, ServiceLog>();
   /** Bytes read from all pipes so far: `flush()` watches it to tell when they are drained. */
   private bytesRead = 0;
+  private readonly readBuffer = Buffer.allocUnsafe(READ_CHUNK_BYTES);
   private closed = false;
   /** The ISO form of the last `ts` formatted: every line of a chunk shares one `ts`. */
   private isoCache = { ts: Number.NaN, iso: '' };
@@ -218,38 +232,77 @@ export class ServiceLogStore {
 
   private capture(log: ServiceLog, stream: StreamName): StreamCapture {
     const [readFd, writeFd] = this.options.pipe();
-    let socket: Socket;
+    const capture: StreamCapture = {
+      readFd,
+      writeFd,
+      watch: null,
+      broken: false,
+      splitter: new LineSplitter({ maxLineBytes: this.options.maxLineBytes }),
+    };
     try {
-      socket = new Socket({ fd: readFd, readable: true, writable: false });
+      this.watch(log, stream, capture);
     } catch (err) {
       closeQuietly(readFd);
       closeQuietly(writeFd);
       throw err;
     }
-    const splitter = new LineSplitter({ maxLineBytes: this.options.maxLineBytes });
-    socket.on('data', (chunk: Buffer) => {
-      this.bytesRead += chunk.length;
-      this.recordLines(log, stream, splitter.push(chunk));
-      if (log.file.pendingChars > FILE_BACKLOG_LIMIT) this.pauseUntilWritten(log);
-    });
-    // Without a listener a read error would be thrown on the event loop and end PID 1.
-    socket.on('error', (err) => this.report(err));
-    return { writeFd, socket, splitter };
+    return capture;
+  }
+
+  private watch(log: ServiceLog, stream: StreamName, capture: StreamCapture): void {
+    if (capture.watch || capture.broken) return;
+    capture.watch = this.options.watchReadable(capture.readFd, () => this.readAvailable(log, stream, capture, MAX_READS_PER_WAKE));
+  }
+
+  private unwatch(capture: StreamCapture): void {
+    capture.watch?.close();
+    capture.watch = null;
+  }
+
+  /** Reads what the pipe holds (at most `maxReads` chunks); returns the bytes read. */
+  private readAvailable(log: ServiceLog, stream: StreamName, capture: StreamCapture, maxReads: number): number {
+    let total = 0;
+    for (let reads = 0; reads < maxReads && !capture.broken; reads++) {
+      let count: number;
+      try {
+        count = readSync(capture.readFd, this.readBuffer, 0, READ_CHUNK_BYTES, null);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'EAGAIN') break;
+        // Level-triggered: a read end that keeps failing would wake us forever. Stop reading it.
+        capture.broken = true;
+        this.unwatch(capture);
+        this.report(err as Error);
+        break;
+      }
+      if (count === 0) {
+        // EOF: every write end is closed (only at close()): nothing more will come.
+        this.unwatch(capture);
+        break;
+      }
+      total += count;
+      this.bytesRead += count;
+      this.recordLines(log, stream, capture.splitter.push(this.readBuffer.subarray(0, count)));
+      if (log.file.pendingChars > FILE_BACKLOG_LIMIT) {
+        this.pauseUntilWritten(log);
+        break;
+      }
+    }
+    return total;
   }
 
   private pauseUntilWritten(log: ServiceLog): void {
     if (log.waitingForFile || !log.pipes || this.closed) return;
     log.waitingForFile = true;
-    // A paused socket stops reading once its small buffer is full, so the kernel pipe fills up and
-    // the service's writes block: backpressure all the way to the writer.
-    for (const stream of STREAMS) log.pipes[stream].socket.pause();
+    // Unread, the kernel pipe fills up and the service's writes block: backpressure all the way
+    // to the writer.
+    for (const stream of STREAMS) this.unwatch(log.pipes[stream]);
     void log.file.flush().then(() => this.resumeReading(log));
   }
 
   private resumeReading(log: ServiceLog): void {
     if (!log.waitingForFile) return;
     log.waitingForFile = false;
-    if (log.pipes) for (const stream of STREAMS) log.pipes[stream].socket.resume();
+    if (log.pipes && !this.closed) for (const stream of STREAMS) this.watch(log, stream, log.pipes[stream]);
   }
 
   private recordLines(log: ServiceLog, stream: StreamName, texts: string[]): void {
@@ -277,15 +330,16 @@ export class ServiceLogStore {
     return this.isoCache.iso;
   }
 
+  /** Reads every pipe until a round brings nothing new, letting file writes run in between. */
   private async drainPipes(): Promise<void> {
-    // An immediate runs in the loop's check phase, after the poll phase that reads every readable
-    // pipe; but when we are called from an I/O callback (in the poll phase), the first immediate
-    // comes before the next poll. So the first turn only lines up with the loop.
-    await nextLoopTurn();
     for (let turn = 0; turn < MAX_DRAIN_TURNS; turn++) {
-      const before = this.bytesRead;
+      let read = 0;
+      for (const log of this.logs.values()) {
+        if (!log.pipes) continue;
+        for (const stream of STREAMS) read += this.readAvailable(log, stream, log.pipes[stream], Number.POSITIVE_INFINITY);
+      }
+      if (read === 0) return;
       await nextLoopTurn();
-      if (this.bytesRead === before) return;
     }
   }
 
@@ -302,9 +356,24 @@ function nextLoopTurn(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve));
 }
 
-/** Stops reading (destroying the socket closes the read end) and closes the write end. */
+/** A log pipe from the addon: close-on-exec both ends, the read end non-blocking. */
+export function logPipe(native: { pipe(): [number, number]; setNonBlocking(fd: number, on: boolean): void; close(fd: number): void }): [number, number] {
+  const fds = native.pipe();
+  try {
+    native.setNonBlocking(fds[0], true);
+  } catch (err) {
+    native.close(fds[0]);
+    native.close(fds[1]);
+    throw err;
+  }
+  return fds;
+}
+
+/** Stops reading and closes both ends. */
 function release(capture: StreamCapture): void {
-  capture.socket.destroy();
+  capture.watch?.close();
+  capture.watch = null;
+  closeQuietly(capture.readFd);
   closeQuietly(capture.writeFd);
 }
 

@@ -21,6 +21,7 @@ import {
 import { NotifyRateLimiter, notifyEvents, parseNotifyMessage } from './notify-protocol.ts';
 import { planSpawn } from './spawn-plan.ts';
 import type { ServiceSpec, ServiceState, ServiceStatus } from './types.ts';
+import { monotonicMs } from '../monotonic.ts';
 
 export interface SupervisorClock {
   wallNow(): number;
@@ -31,7 +32,7 @@ export interface SupervisorClock {
 
 export const systemClock: SupervisorClock = {
   wallNow: () => Date.now(),
-  monoNow: () => performance.now(),
+  monoNow: () => monotonicMs(),
   // A zero delay (an immediate restart) runs in this loop turn's check phase: setTimeout would
   // add at least a millisecond to every restart.
   setTimeout: (callback, ms) => (ms <= 0 ? { immediate: setImmediate(callback) } : setTimeout(callback, ms)),

@@ -11,10 +11,14 @@ import { serveControlStream, startControlServer, type ControlServer } from '../.
 import type { BootTimeline } from '../../init/boot/timeline.ts';
 import { PassThrough, Duplex } from 'node:stream';
 import type { LogLine } from '../../init/log/types.ts';
+import { loadNative } from '../../native/index.ts';
 import type { Credentials } from '../../native/types.ts';
 import type { ServiceStatus } from '../../init/supervisor/types.ts';
 import { ControlClient } from '../../mosctl/client.ts';
 import { main } from '../../mosctl/main.ts';
+
+/** The listening socket comes from the addon (no root needed for unix sockets). */
+const sockets = loadNative();
 
 /** An in-memory supervisor: services `web` and `broken`; `explode` makes the API throw a plain Error. */
 class FakeSupervisor implements SupervisorApi {
@@ -170,7 +174,7 @@ afterEach(async () => {
 });
 
 async function serve(peerCredentials: (fd: number) => Credentials = asRoot): Promise<void> {
-  server = await startControlServer({ path: socketPath, api: fake, peerCredentials });
+  server = await startControlServer({ sockets, path: socketPath, api: fake, peerCredentials });
 }
 
 describe('control server', () => {
@@ -339,12 +343,12 @@ describe('control server', () => {
 
   it('will not delete a regular file at the socket path, nor take over a live socket', async () => {
     await serve();
-    await expect(startControlServer({ path: socketPath, api: fake, peerCredentials: asRoot })).rejects.toThrow(
+    await expect(startControlServer({ sockets, path: socketPath, api: fake, peerCredentials: asRoot })).rejects.toThrow(
       `control socket ${socketPath} is in use by another process`,
     );
     await server!.close();
     await writeFile(socketPath, 'precious');
-    await expect(startControlServer({ path: socketPath, api: fake, peerCredentials: asRoot })).rejects.toThrow(
+    await expect(startControlServer({ sockets, path: socketPath, api: fake, peerCredentials: asRoot })).rejects.toThrow(
       `control socket path ${socketPath} exists and is not a socket; refusing to replace it`,
     );
     expect(await readFile(socketPath, 'utf8')).toBe('precious');
@@ -520,7 +524,7 @@ describe('PID-1 commands over the control protocol', () => {
         return { action, accepted: true as const };
       },
     });
-    server = await startControlServer({ path: socketPath, api: pid1, peerCredentials: asRoot });
+    server = await startControlServer({ sockets, path: socketPath, api: pid1, peerCredentials: asRoot });
     const client = await ControlClient.connect(socketPath);
     expect(await client.request({ cmd: 'analyze' })).toEqual(timeline);
     expect(await client.request({ cmd: 'reboot' })).toEqual({ action: 'reboot', accepted: true });
@@ -551,7 +555,7 @@ describe('PID-1 commands over the control protocol', () => {
       timeline: () => timeline,
       requestShutdown: (action: 'halt' | 'poweroff' | 'reboot') => ({ action, accepted: true as const }),
     });
-    server = await startControlServer({ path: socketPath, api: pid1, peerCredentials: asRoot });
+    server = await startControlServer({ sockets, path: socketPath, api: pid1, peerCredentials: asRoot });
     const output = { out: '', err: '' };
     const io = { out: (text: string) => (output.out += text), err: (text: string) => (output.err += text), isTTY: false };
     expect(await main(['node', 'mosctl', '--socket', socketPath, 'analyze'], io)).toBe(0);

@@ -5,6 +5,10 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ServiceLogStore, type ServiceLogStoreOptions } from '../../init/log/service-log-store.ts';
 import type { LogLine } from '../../init/log/types.ts';
+import { loadNative } from '../../native/index.ts';
+
+/** The pipes are polled by the addon's libuv poll (no root needed). */
+const native = loadNative();
 
 /**
  * Node has no pipe(): a FIFO opened twice with O_RDWR (which never blocks on Linux) is a real
@@ -64,7 +68,7 @@ let logDir: string;
 let store: ServiceLogStore | undefined;
 
 function makeStore(options: Partial<ServiceLogStoreOptions> = {}): ServiceLogStore {
-  store = new ServiceLogStore({ dir: logDir, pipe: fifoPipe(tmp), now: () => T0, ...options });
+  store = new ServiceLogStore({ dir: logDir, pipe: fifoPipe(tmp), watchReadable: (fd, onReadable) => native.watchReadable(fd, onReadable), now: () => T0, ...options });
   return store;
 }
 
