@@ -18,6 +18,7 @@ const entries = {
   'mos-init': { entry: 'init/main.ts', testHooks: false },
   'mos-init-test': { entry: 'init/main.ts', testHooks: true },
   mosctl: { entry: 'mosctl/cli.ts', testHooks: false },
+  mosb: { entry: 'mosb/cli.ts', testHooks: false },
 };
 /**
  * The YAML parser is its own file, dist/mos-yaml.mjs, which the bundles import on demand

@@ -19,6 +19,9 @@ const APT_COMMANDS = {
   '/usr/include/tss2/tss2_esys.h': 'libtss2-dev', // the addon's TPM port (native/src/tpm.cc)
   tpm2_nvread: 'tpm2-tools', // the TPM test oracle
   swtpm: 'swtpm', // the software TPM of the TPM tests
+  skopeo: 'skopeo', // reads mosb's OCI layouts in its tests (an independent reader)
+  umoci: 'umoci', // lists mosb's OCI layouts in its tests (an independent reader)
+  openssl: 'openssl', // mosb makes keys and certificates with it; the signature oracle in its tests
 };
 
 function run(command, args, options = {}) {
