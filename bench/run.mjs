@@ -35,7 +35,8 @@ const WORK_DIR = path.join(BENCH_DIR, 'work');
 const RESULTS_DIR = path.join(BENCH_DIR, 'results');
 const PROBE_SOURCE = path.join(BENCH_DIR, 'probe.c');
 const PROBE = path.join(WORK_DIR, 'probe');
-const DIST = path.join(ROOT, 'dist');
+/** The build to measure: dist/, or another copy of it (`MOS_DIST=DIR`, e.g. an instrumented one). */
+const DIST = process.env.MOS_DIST ? path.resolve(process.env.MOS_DIST) : path.join(ROOT, 'dist');
 const MOS_FILES = ['mos-init.mjs', 'mosctl.mjs', 'mos-yaml.mjs', 'mos_native.node', 'mos_tpm.node'];
 /** mos runs from a private copy of dist/ (see snapshotMos), set in main(). */
 let MOS_INIT = path.join(DIST, 'mos-init.mjs');

@@ -174,6 +174,8 @@ export class Supervisor implements SupervisorApi {
   private notifyWatch: { close(): void } | null = null;
   private devNullFd: number | null = null;
   private scheduling = false;
+  /** Set while an exit is dispatched: its zero-delay restart runs in the same turn. */
+  private handlingExit = false;
   private shuttingDown = false;
   private orphansReaped = 0;
   private readonly nextInvocationId = invocationIdSource();
@@ -249,7 +251,12 @@ export class Supervisor implements SupervisorApi {
   private handleExit(exit: ChildExit): void {
     const name = this.servicesByPid.get(exit.pid);
     if (name !== undefined) {
-      this.dispatch(name, { type: 'exited', code: exit.code, signal: exit.signal });
+      this.handlingExit = true;
+      try {
+        this.dispatch(name, { type: 'exited', code: exit.code, signal: exit.signal });
+      } finally {
+        this.handlingExit = false;
+      }
       this.schedule();
       return;
     }
@@ -318,6 +325,13 @@ export class Supervisor implements SupervisorApi {
       }
       case 'set-timer': {
         this.clearTimer(name, effect.name);
+        if (effect.ms <= 0 && effect.name === 'backoff' && this.handlingExit) {
+          // An immediate restart after a process exited happens in this turn, not the next: the
+          // exit is the wake-up, and no spin is possible (every run needs a new exit). A restart
+          // after a failed exec still waits a turn, so a missing program yields to the loop.
+          this.dispatch(name, { type: 'timer', name: 'backoff' });
+          return;
+        }
         const handle = this.clock.setTimeout(() => {
           this.timers.get(name)?.delete(effect.name);
           this.dispatch(name, { type: 'timer', name: effect.name });
