@@ -129,6 +129,14 @@ export interface VerifiedTarget {
   target: InstallTarget;
   manifestDigest: string;
   manifestBytes: Buffer;
+  /** The image config, digest-verified. */
+  configBytes: Buffer;
+  /**
+   * The layers, each present with its declared size. Their content is verified where it is
+   * used: squashfs layers through dm-verity with the signed root hash (mounts), not hashed
+   * whole at every boot.
+   */
+  layers: { mediaType: string; digest: string; size: number; annotations?: Record<string, string> }[];
 }
 
 export interface VerifiedInstall {
@@ -257,6 +265,21 @@ const ArtifactManifestSchema = v.strictObject({
   annotations: v.optional(Annotations),
 });
 
+/**
+ * A target's OCI image manifest. Its bytes are already proven by the signed digest; the schema
+ * only makes sure what boot reads from it (config and layer descriptors) is well formed.
+ * Unknown fields are allowed here, as the OCI spec requires of image manifests.
+ */
+const TargetManifestSchema = v.object({
+  schemaVersion: v.literal(2, 'expected schemaVersion 2'),
+  mediaType: v.optional(v.literal(MEDIA_TYPE.imageManifest, `expected ${MEDIA_TYPE.imageManifest}`)),
+  config: LayerDescriptor,
+  layers: v.pipe(v.array(LayerDescriptor), v.minLength(1, 'expected at least one layer'), v.maxLength(128, 'expected at most 128 layers')),
+});
+
+/** An image config is small JSON; anything bigger is refused unread. */
+const MAX_CONFIG_BYTES = 1024 * 1024;
+
 type IndexEntry = v.InferOutput<typeof IndexDescriptor>;
 type ArtifactManifest = v.InferOutput<typeof ArtifactManifestSchema>;
 type Descriptor = { digest: string; size: number };
@@ -316,6 +339,19 @@ const TARGET: BlobCodes = { missing: 'E_TARGET_MISSING', size: 'E_TARGET_SIZE', 
 function readerRefusal(error: unknown, what: string, codes: Partial<Record<LayoutReadError['code'], VerifyErrorCode>> = {}): Refusal {
   if (error instanceof LayoutReadError) return new Refusal(codes[error.code] ?? error.code, `${what}: ${error.message}`);
   throw error;
+}
+
+/** A blob that is used later (and verified then): it must exist with its declared size. */
+function checkBlobPresent(reader: LayoutReader, descriptor: Descriptor, what: string): void {
+  const name = `${what} ${short(descriptor.digest)}`;
+  let actual: number | null;
+  try {
+    actual = reader.size(blobPath(descriptor.digest));
+  } catch (error) {
+    throw readerRefusal(error, name);
+  }
+  if (actual === null) throw new Refusal('E_BLOB_MISSING', `${name} is missing from the layout`);
+  if (actual !== descriptor.size) throw new Refusal('E_BLOB_SIZE', `${name} is ${actual} bytes, not the ${descriptor.size} its descriptor says`);
 }
 
 /** The top-level files (no descriptor): capped by `limit`, refused unread when larger. */
@@ -599,11 +635,15 @@ function verify({ reader, trustRoot, tag, now }: VerifyInstallOptions): Verified
   // 8. every target's image manifest, as signed.
   const manifests = new Map<string, Buffer>();
   const targets: VerifiedTarget[] = installFile.targets.map((target) => {
+    const what = `target ${target.service_name}`;
     const cached = manifests.get(target.digest);
     const manifestBytes =
-      cached && cached.length === target.size ? cached : readBlob(reader, target, MAX_BYTES.manifest, `image manifest of target ${target.service_name}`, TARGET);
+      cached && cached.length === target.size ? cached : readBlob(reader, target, MAX_BYTES.manifest, `image manifest of ${what}`, TARGET);
     manifests.set(target.digest, manifestBytes);
-    return { target, manifestDigest: target.digest, manifestBytes };
+    const image = validate(TargetManifestSchema, parseJson(manifestBytes, `image manifest of ${what}`, 'E_LAYOUT_INVALID'), `image manifest of ${what}`, 'E_LAYOUT_INVALID');
+    const configBytes = readBlob(reader, image.config, MAX_CONFIG_BYTES, `image config of ${what}`);
+    for (const layer of image.layers) checkBlobPresent(reader, layer, `layer of ${what}`);
+    return { target, manifestDigest: target.digest, manifestBytes, configBytes, layers: image.layers };
   });
 
   return {

@@ -162,12 +162,14 @@ export interface ImageFixture {
   digest: string;
   size: number;
   config: Buffer;
+  layer: Buffer;
 }
 
-/** A small OCI image manifest (and its config) standing for a service image. */
+/** A small OCI image manifest (with its config and one layer) standing for a service image. */
 export function makeImage(name: string): ImageFixture {
   const config = json({ architecture: 'amd64', os: 'linux', config: { Entrypoint: [`/bin/${name}`] }, rootfs: { type: 'layers', diff_ids: [] } });
-  const layerDigest = sha256(Buffer.from(`layer of ${name}`));
+  const layer = Buffer.alloc(4096, `layer of ${name}\n`);
+  const layerDigest = sha256(layer);
   const manifest = json({
     schemaVersion: 2,
     mediaType: MEDIA_TYPE.imageManifest,
@@ -181,7 +183,7 @@ export function makeImage(name: string): ImageFixture {
       },
     ],
   });
-  return { name, manifest, digest: sha256(manifest), size: manifest.length, config };
+  return { name, manifest, digest: sha256(manifest), size: manifest.length, config, layer };
 }
 
 /** An install.json (as an object) running `images`, one target each. */
@@ -289,6 +291,7 @@ export function composeLayout(spec: LayoutSpec): Layout {
   const certificateDigests = spec.certificates.map((cert, i) => referrer(ARTIFACT_TYPE.certificate, cert, TITLE.certificate, spec.edit?.certificate, i));
   for (const image of spec.images) {
     put(image.config);
+    put(image.layer);
     put(image.manifest);
     manifests.push({
       mediaType: MEDIA_TYPE.imageManifest,

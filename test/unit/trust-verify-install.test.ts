@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 /**
  * The boot-side verifier of a signed install layout against real keys and certificates made by
  * the openssl CLI (once for the file), over real directories read by the fs LayoutReader.
@@ -71,6 +72,10 @@ function materialise(spec: LayoutSpec, tamper?: (dir: string, layout: Layout) =>
 
 function verifyDir(dir: string, options: Partial<VerifyInstallOptions> = {}): VerifyInstallResult {
   return verifyInstallLayout({ reader: createFsLayoutReader(dir), trustRoot: ca.spki, now: NOW, ...options });
+}
+
+function sha256Of(bytes: Buffer): string {
+  return `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
 }
 
 function expectRefused(result: VerifyInstallResult, code: VerifyErrorCode, message?: RegExp): void {
@@ -324,6 +329,17 @@ describe('targets', () => {
   it('a signed digest whose blob is not in the layout', () => {
     const { dir } = materialise(good(), (d) => unlinkSync(join(d, blobPath(images[0]!.digest))));
     expectRefused(verifyDir(dir), 'E_TARGET_MISSING', /target zot/);
+  });
+
+  it("a target's image config changed: digest mismatch", () => {
+    const { dir } = materialise(good(), (d) => writeFileSync(join(d, blobPath(sha256Of(images[0]!.config))), flipByte(images[0]!.config, 5)));
+    expectRefused(verifyDir(dir), 'E_BLOB_DIGEST', /image config of target zot/);
+  });
+
+  it("a target's layer missing or of another size", () => {
+    const layerPath = (d: string) => join(d, blobPath(sha256Of(images[0]!.layer)));
+    expectRefused(verifyDir(materialise(good(), (d) => unlinkSync(layerPath(d))).dir), 'E_BLOB_MISSING', /layer of target zot/);
+    expectRefused(verifyDir(materialise(good(), (d) => writeFileSync(layerPath(d), images[0]!.layer.subarray(1))).dir), 'E_BLOB_SIZE', /layer of target zot/);
   });
 });
 
