@@ -5,7 +5,8 @@
  *   mos-init --check --config FILE                  validate FILE and exit (0 valid, 1 invalid)
  *   mos-init                                         as PID 1: boot the machine (docs/boot.md)
  *   mos-init --pid1 --no-early-mounts [--config FILE] [--state-dir DIR] [--console PATH|-]
- *            [--cmdline TEXT]                        PID 1 of a PID namespace (tests)
+ *            [--cmdline TEXT] [--trust-ca FILE]      PID 1 of a PID namespace (tests; --trust-ca
+ *                                                    only in the test bundle)
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -24,7 +25,7 @@ const V8_FLAGS = '--no-opt --no-maglev --semi-space-growth-factor=1';
 
 const USAGE = `usage: mos-init --host --config FILE --state-dir DIR
        mos-init --check --config FILE
-       mos-init --pid1 [--no-early-mounts] [--config FILE] [--state-dir DIR] [--console PATH|-] [--cmdline TEXT]`;
+       mos-init --pid1 [--no-early-mounts] [--config FILE] [--state-dir DIR] [--console PATH|-] [--cmdline TEXT] [--trust-ca FILE]`;
 
 /** Set by esbuild's `define` for dist/mos-init-test.mjs only; undefined everywhere else. */
 declare const MOS_TEST_HOOKS: boolean | undefined;
@@ -53,6 +54,7 @@ function pid1Main(): void {
       'state-dir': { type: 'string' },
       console: { type: 'string' },
       cmdline: { type: 'string' },
+      'trust-ca': { type: 'string' },
     },
     strict: false,
     allowPositionals: true,
@@ -75,6 +77,9 @@ function pid1Main(): void {
     consolePath: text(values.console) ?? PID1_DEFAULTS.consolePath,
     cmdlineText: text(values.cmdline),
     testHooks: TEST_HOOKS,
+    // The embedded manifest CA is part of the signed image: only a test bundle started with
+    // --pid1 (a namespace test) may name another one.
+    ...(TEST_HOOKS && values.pid1 === true && text(values['trust-ca']) !== null ? { trustCaPath: text(values['trust-ca'])! } : {}),
     initExecMs: initMainMs - process.uptime() * 1000,
     initMainMs,
   });

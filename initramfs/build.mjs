@@ -5,13 +5,17 @@
 //
 //   node initramfs/build.mjs [--variant prod|test|all] [--out build] [--cmdline "..."]
 //                            [--sign-key K.key --sign-cert K.pem] [--only cpio] [--zstd-level N]
-//                            [--dist DIR] [--no-apt] [--no-strip]   (details: docs/images.md)
+//                            [--trust-ca CA.pem] [--dist DIR] [--no-apt] [--no-strip]
+//                            (details: docs/images.md; the manifest CA: docs/boot.md, "trust")
+//
+// Also a module: `buildUkiVariant({ cmdline })` signs the built test image with another command
+// line (the VM tests' trust cases, whose PCR 11 depends on it).
 //
 // Reproducible: the same inputs give the same bytes (sorted cpio members, mtimes at
 // $SOURCE_DATE_EPOCH or 0, owner 0:0, fixed modes; pinned and checksummed downloads).
 // Plain Node ESM with no dependencies. Downloads are cached in build/cache and reused.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, X509Certificate } from 'node:crypto';
 import {
   chmodSync,
   closeSync,
@@ -75,7 +79,22 @@ export const WANTED_MODULES = [
 /** Host binaries copied into the image with their `ldd` closure (path → Debian package). */
 export const BINARIES = { '/usr/bin/crun': 'crun', '/usr/sbin/ip': 'iproute2', '/usr/sbin/nft': 'nftables' };
 /** Kernel config symbols recorded in the manifest (y = built in, m = module). */
-const CONFIG_SYMBOLS = ['VIRTIO_PCI', 'VIRTIO_BLK', 'SQUASHFS', 'BLK_DEV_LOOP', 'OVERLAY_FS', 'BLK_DEV_DM', 'DM_VERITY', 'TCG_TIS', 'TCG_CRB', 'EFIVAR_FS', 'DEVTMPFS_MOUNT', 'MODULE_SIG', 'RD_ZSTD'];
+const CONFIG_SYMBOLS = ['VIRTIO_PCI', 'VIRTIO_BLK', 'SQUASHFS', 'EXT4_FS', 'BLK_DEV_LOOP', 'OVERLAY_FS', 'BLK_DEV_DM', 'DM_VERITY', 'TCG_TPM', 'TCG_TIS', 'TCG_CRB', 'EFIVAR_FS', 'DEVTMPFS_MOUNT', 'MODULE_SIG', 'RD_ZSTD'];
+/**
+ * The TPM drivers behind /dev/tpmrm0 (the trust phase, docs/boot.md): QEMU's tpm-tis (q35 +
+ * OVMF + swtpm) needs TCG_TPM and TCG_TIS, tpm-crb TCG_CRB. In the pinned kernel all three are
+ * built in (=y: no module to ship); the build fails if a kernel bump makes one a module that
+ * WANTED_MODULES does not name.
+ */
+const TPM_DRIVERS = [
+  { symbol: 'TCG_TPM', module: 'tpm' },
+  { symbol: 'TCG_TIS', module: 'tpm_tis' },
+  { symbol: 'TCG_CRB', module: 'tpm_crb' },
+];
+/** Where the manifest CA goes in the image (init/trust/boot-trust.ts EMBEDDED_CA_PATH). */
+const TRUST_CA_IMAGE_PATH = 'etc/mos/trust/manifest-ca.pem';
+/** The test keyset the test variant embeds (made once with mosb, reused; vm-tests sign with it). */
+export const TEST_KEYSET = { name: 'mos-test', product: 'demo' };
 const STUB = '/usr/lib/systemd/boot/efi/linuxx64.efi.stub';
 const SNAKEOIL = { key: '/usr/share/ovmf/PkKek-1-snakeoil.key', cert: '/usr/share/ovmf/PkKek-1-snakeoil.pem', pass: 'snakeoil' };
 /**
@@ -265,7 +284,7 @@ function bundleInputs(variant) {
 
 function ensureBuilt() {
   const { init, addon, mosctl } = bundleInputs('prod');
-  if (existsSync(init) && existsSync(mosctl) && addon) return;
+  if (existsSync(init) && existsSync(mosctl) && existsSync(path.join(distDir, 'mosb.mjs')) && addon) return;
   log('dist/ is incomplete: npm run build');
   execFileSync('npm', ['run', 'build'], { cwd: root, stdio: ['ignore', 2, 2] });
 }
@@ -335,7 +354,7 @@ function addWithLibraries(tree, hostPath, imageRel, libs) {
   }
 }
 
-function buildTree({ variant, stageDir, node, kernel, modulePlan, epoch }) {
+function buildTree({ variant, stageDir, node, kernel, modulePlan, epoch, trustCa }) {
   const tree = new Tree(stageDir);
   const libs = new Set();
   // Merged /usr like Debian 12, so ldd's paths and PT_INTERP (/lib64/ld-linux-x86-64.so.2) resolve.
@@ -370,6 +389,8 @@ function buildTree({ variant, stageDir, node, kernel, modulePlan, epoch }) {
     if (decompressor) tree.write(to, run(decompressor[0], [...decompressor.slice(1), from]));
     else tree.file(to, from);
   }
+  // The manifest CA: its public key becomes the TPM's trust root on first boot.
+  if (trustCa) tree.file(TRUST_CA_IMAGE_PATH, trustCa.file, { replace: true });
   tree.write(`${modRoot}/modules.dep`, modulePlan.depText);
   tree.write(`${modRoot}/modules.order`, modulePlan.paths.map(decompressedModulePath).join('\n') + '\n');
   tree.file(`${modRoot}/modules.builtin`, path.join(kernel.modulesDir, 'modules.builtin'));
@@ -480,6 +501,140 @@ function buildEsp({ uki, output, workDir, epoch }) {
   renameSync(image, output);
 }
 
+// ---- UKI variants (the VM tests: vm-tests/harness/uki.ts) ------------------------------------
+/**
+ * A signed UKI, and an ESP holding it, for the kernel and initramfs of an earlier build of
+ * `variant` in `out` but with another kernel command line (the trust cases boot the test
+ * command line plus `mos.store=/dev/vdb`; PCR 11 follows the command line). Made the way the
+ * build makes `mos-<variant>.efi` (same stub, section layout, os-release, epoch and signature),
+ * so with the variant's own command line the UKI is byte-identical to it.
+ *
+ * Cached in `cacheDir/<key>/{mos.efi,esp.img,cmdline}`, the key hashing the command line and
+ * every input's bytes: a rebuilt image gives a new entry; the newest `keep` entries stay.
+ * Each entry is made in a private directory and renamed into place (concurrent callers are safe).
+ */
+export function buildUkiVariant({
+  cmdline,
+  variant = 'test',
+  out = path.join(root, 'build'),
+  cacheDir = path.join(out, 'uki-variants'),
+  signKey = SNAKEOIL.key,
+  signCert = SNAKEOIL.cert,
+  pass = process.env.MOS_SIGN_KEY_PASS ?? (signKey === SNAKEOIL.key ? SNAKEOIL.pass : ''),
+  keep = 6,
+} = {}) {
+  if (typeof cmdline !== 'string' || !cmdline.trim()) throw new Error('buildUkiVariant: a command line is required');
+  const epoch = Number(process.env.SOURCE_DATE_EPOCH ?? 0);
+  const vmlinuz = path.join(out, 'vmlinuz');
+  const initrd = path.join(out, `initramfs-${variant}.cpio.zst`);
+  // The staged tree's os-release when it is there, else the one it is copied from.
+  const osReleaseFile = [path.join(out, 'work', variant, 'root', 'etc', 'os-release'), path.join(here, `rootfs-${variant}`, 'etc', 'os-release'), path.join(here, 'rootfs', 'etc', 'os-release')].find((file) => existsSync(file));
+  for (const file of [vmlinuz, initrd, osReleaseFile ?? 'os-release']) {
+    if (!existsSync(file)) throw new Error(`buildUkiVariant: ${file} is missing (node initramfs/build.mjs --variant ${variant})`);
+  }
+  ensureTools(process.getuid?.() !== 0);
+  const osRelease = readFileSync(osReleaseFile);
+  const key = createHash('sha256')
+    .update(JSON.stringify({ cmdline, variant, epoch, vmlinuz: sha256File(vmlinuz), initrd: sha256File(initrd), osRelease: createHash('sha256').update(osRelease).digest('hex'), stub: sha256File(STUB), cert: sha256File(signCert) }))
+    .digest('hex')
+    .slice(0, 16);
+  const dir = path.join(cacheDir, key);
+  const result = { uki: path.join(dir, 'mos.efi'), esp: path.join(dir, 'esp.img'), cmdline, dir, cached: true };
+  if (existsSync(path.join(dir, 'cmdline'))) {
+    lutimesSync(dir, new Date(), new Date()); // most recently used
+    return result;
+  }
+  mkdirSync(cacheDir, { recursive: true });
+  const work = mkdtempSync(path.join(cacheDir, `.${key}-`));
+  try {
+    const unsigned = path.join(work, 'mos-unsigned.efi');
+    buildUki({ vmlinuz, initrd, cmdline, osRelease, output: unsigned, workDir: work, epoch });
+    sign({ input: unsigned, output: path.join(work, 'mos.efi'), key: signKey, cert: signCert, pass, workDir: work, epoch });
+    rmSync(unsigned, { force: true });
+    buildEsp({ uki: path.join(work, 'mos.efi'), output: path.join(work, 'esp.img'), workDir: work, epoch });
+    for (const name of ['esp', 'osrel', 'cmdline']) rmSync(path.join(work, name), { recursive: true, force: true });
+    writeFileSync(path.join(work, 'cmdline'), `${cmdline}\n`);
+    try {
+      renameSync(work, dir);
+    } catch (error) {
+      if (!existsSync(path.join(dir, 'cmdline'))) throw error; // else another caller made it first
+    }
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
+  result.cached = false;
+  // Old entries go (an ESP a running VM has open stays readable until it closes it).
+  const entries = readdirSync(cacheDir)
+    .filter((name) => /^[0-9a-f]{16}$/.test(name))
+    .map((name) => ({ name, mtime: statSync(path.join(cacheDir, name)).mtimeMs }))
+    .sort((a, b) => b.mtime - a.mtime);
+  for (const { name } of entries.slice(keep)) if (name !== key) rmSync(path.join(cacheDir, name), { recursive: true, force: true });
+  return result;
+}
+
+// ---- Trust -----------------------------------------------------------------------------------------
+/** Whether the kernel can give the trust phase /dev/tpmrm0 with what the image ships. */
+function checkTpmDrivers(config, plan) {
+  const missing = TPM_DRIVERS.filter(({ symbol, module }) => {
+    const value = config.get(symbol);
+    if (value === 'y') return false;
+    return !(value === 'm' && plan.load.includes(module));
+  });
+  // tpm_tis or tpm_crb is enough for one machine, but both QEMU devices should boot.
+  if (missing.length > 0) {
+    throw new Error(
+      `the kernel's TPM drivers are not all built in: ${missing.map(({ symbol, module }) => `CONFIG_${symbol}=${config.get(symbol) ?? 'n'} (add ${module} to WANTED_MODULES)`).join(', ')}`,
+    );
+  }
+}
+
+/** A manifest CA certificate file: its subject and SPKI digest; throws when it is not a CA. */
+function describeCa(file, source) {
+  let certificate;
+  try {
+    certificate = new X509Certificate(readFileSync(file));
+  } catch (error) {
+    throw new Error(`--trust-ca ${file}: not a PEM certificate (${error.message})`);
+  }
+  if (!certificate.ca) throw new Error(`--trust-ca ${file}: ${certificate.subject} is not a CA certificate`);
+  const spki = certificate.publicKey.export({ type: 'spki', format: 'der' });
+  return { file, source, subject: certificate.subject.replace(/\n/g, ', '), spkiSha256: createHash('sha256').update(spki).digest('hex') };
+}
+
+/** Where the test keyset lives: $MOS_KEYS_DIR, else build/keys. */
+export function testKeysDir(env = process.env) {
+  return env.MOS_KEYS_DIR ? path.resolve(env.MOS_KEYS_DIR) : path.join(root, 'build', 'keys');
+}
+
+/**
+ * The test keyset, made once with mosb (dist/mosb.mjs) and reused: the same CA in every test
+ * image, so layouts signed for one image boot on the next. Returns its CA certificate's path.
+ */
+function ensureTestKeyset() {
+  const keysDir = testKeysDir();
+  const { name, product } = TEST_KEYSET;
+  const caCert = path.join(keysDir, name, 'manifest-ca', 'cert.pem');
+  const productCert = path.join(keysDir, name, 'manifest', product, 'cert.pem');
+  if (existsSync(caCert) && existsSync(productCert)) return caCert;
+  const mosb = [path.join(distDir, 'mosb.mjs'), path.join(root, 'dist', 'mosb.mjs')].find((file) => existsSync(file));
+  if (!mosb) throw new Error('dist/mosb.mjs is missing (npm run build): it makes the test keyset');
+  const env = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/root' };
+  const args = existsSync(path.join(keysDir, name))
+    ? ['keyset', 'add-product', name, product, '--keys-dir', keysDir]
+    : ['keyset', 'create', name, '--product', product, '--keys-dir', keysDir];
+  log(`mosb ${args.join(' ')}`);
+  run(process.execPath, [mosb, ...args], { env, stdio: ['ignore', 'ignore', 'inherit'] });
+  if (!existsSync(caCert) || !existsSync(productCert)) throw new Error(`mosb made no ${caCert} / ${productCert}`);
+  return caCert;
+}
+
+/** The CA a variant embeds: --trust-ca, else (test) the test keyset's, else (prod) none. */
+function prepareTrustCa(variant, trustCaOption) {
+  if (trustCaOption !== undefined) return describeCa(path.resolve(trustCaOption), 'given');
+  if (variant === 'test') return describeCa(ensureTestKeyset(), `test keyset ${TEST_KEYSET.name}`);
+  return null;
+}
+
 // ---- Main ----------------------------------------------------------------------------------------
 function parseCli() {
   const { values } = parseArgs({
@@ -494,14 +649,19 @@ function parseCli() {
       'no-apt': { type: 'boolean', default: false },
       'no-strip': { type: 'boolean', default: false },
       'zstd-level': { type: 'string' },
+      'trust-ca': { type: 'string' },
       help: { type: 'boolean', default: false },
     },
     strict: true,
   });
   if (values.help) {
     process.stdout.write(`usage: node initramfs/build.mjs [--variant prod|test|all] [--out DIR] [--cmdline "..."]
-       [--sign-key KEY --sign-cert CERT] [--only cpio] [--zstd-level N] [--dist DIR] [--no-apt] [--no-strip]
+       [--sign-key KEY --sign-cert CERT] [--only cpio] [--zstd-level N] [--trust-ca CA.pem]
+       [--dist DIR] [--no-apt] [--no-strip]
 The key passphrase comes from $MOS_SIGN_KEY_PASS (default "snakeoil", Debian's OVMF test key).
+--trust-ca embeds a manifest CA certificate at /${TRUST_CA_IMAGE_PATH} (every variant built);
+without it the test variant embeds the CA of the test keyset ${TEST_KEYSET.name} (product
+${TEST_KEYSET.product}), made once with mosb in $MOS_KEYS_DIR (default build/keys), and prod none.
 `);
     process.exit(0);
   }
@@ -536,6 +696,7 @@ async function main() {
   const builtin = parseModulesBuiltin(readFileSync(path.join(kernel.modulesDir, 'modules.builtin'), 'utf8'));
   const plan = planModules(dep, builtin, WANTED_MODULES);
   const modulePlan = { ...plan, depText: trimModulesDep(dep, plan.load) };
+  checkTpmDrivers(kernel.config, plan);
   log(`node ${node.version}, kernel ${KERNEL.release}, ${plan.load.length} modules (built in: ${plan.builtin.join(' ') || 'none'})`);
 
   // Every output is written beside its place and renamed in: a VM booting the old one keeps it.
@@ -547,11 +708,14 @@ async function main() {
     const workDir = path.join(out, 'work', variant);
     mkdirSync(workDir, { recursive: true });
     const stageDir = path.join(workDir, 'root');
-    const { list, libs } = buildTree({ variant, stageDir, node, kernel, modulePlan, epoch });
+    const trustCa = prepareTrustCa(variant, options['trust-ca']);
+    const { list, libs } = buildTree({ variant, stageDir, node, kernel, modulePlan, epoch, trustCa });
     smokeTest(stageDir, ['/usr/bin/node', '/usr/lib/mos/mos_native.node', '/usr/lib/mos/mos_tpm.node', ...Object.keys(BINARIES)]);
     const cpio = path.join(out, `initramfs-${variant}.cpio`);
     writeCpio(stageDir, list, cpio);
     const detail = { bundle: path.relative(root, bundleInputs(variant).init), entries: list.length, libraries: libs };
+    detail.trustCa = trustCa ? { source: trustCa.source, file: path.relative(root, trustCa.file), spkiSha256: trustCa.spkiSha256, subject: trustCa.subject } : null;
+    if (trustCa) log(`${variant}: manifest CA ${trustCa.subject} (SPKI sha256:${trustCa.spkiSha256.slice(0, 16)}, ${trustCa.source}) at /${TRUST_CA_IMAGE_PATH}`);
     log(`${variant}: ${path.relative(root, cpio)} (${list.length} entries) in ${Date.now() - started} ms`);
     if (options.only !== 'cpio') {
       const zst = `${cpio}.zst`;

@@ -1,13 +1,16 @@
 /** `mosctl`: the operator's command line for a running mos, over its control socket. */
+import { readFileSync } from 'node:fs';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import * as v from 'valibot';
 import { ControlError } from '../init/control/api.ts';
 import { ErrorCode, MAX_LOG_LINES, ServiceNameSchema } from '../init/control/protocol.ts';
 import type { LogLine } from '../init/log/types.ts';
 import type { ServiceStatus } from '../init/supervisor/types.ts';
+import { parsePcrList } from '../init/boot/cmdline.ts';
 import { ControlClient } from './client.ts';
 import {
   renderInfo,
+  renderProvision,
   renderTimeline,
   renderList,
   renderLogLine,
@@ -125,10 +128,11 @@ function buildProgram(io: CliIo, setExitCode: (code: number) => void): Command {
     .argument('[service]', 'service name', parseServiceName)
     .action((service: string | undefined) =>
       withClient(async (client) => {
-        const now = Date.now();
         if (service === undefined) {
           const info = await client.request({ cmd: 'info' });
           const services = await client.request({ cmd: 'list' });
+          // Ages are measured from when the answers came, not from before they were asked for.
+          const now = Date.now();
           if (globals().json) printJson({ info, services });
           else print(`${renderInfo(info, now, renderOptions)}\n\n${renderList(services, now, renderOptions)}`);
           return;
@@ -136,7 +140,7 @@ function buildProgram(io: CliIo, setExitCode: (code: number) => void): Command {
         const status = await client.request({ cmd: 'status', service });
         if (globals().json) return printJson(status);
         const { lines } = await client.request({ cmd: 'logs', service, n: STATUS_LOG_LINES, follow: false });
-        print(renderStatus(status, lines, now, renderOptions));
+        print(renderStatus(status, lines, Date.now(), renderOptions));
       }),
     );
 
@@ -219,7 +223,40 @@ function buildProgram(io: CliIo, setExitCode: (code: number) => void): Command {
       );
   }
 
+  program
+    .command('provision')
+    .description("write the manifest CA into the TPM's trust-root NV index (default: the CA the image embeds)")
+    .option('--ca <file>', 'the manifest CA certificate (PEM) to provision instead of the embedded one')
+    .option('--pcrs <list>', 'PCRs the read policy is bound to (default: mos.trust_pcrs, 7,11)', parsePcrs)
+    .option('--reset', 'replace a different (or unreadable) trust root already in the TPM')
+    .action((options: { ca?: string; pcrs?: number[]; reset?: boolean }) => {
+      let ca: string | undefined;
+      if (options.ca !== undefined) {
+        try {
+          ca = readFileSync(options.ca, 'utf8');
+        } catch (error) {
+          throw new ControlError(ErrorCode.BadRequest, `cannot read ${options.ca}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+        }
+      }
+      return withClient(async (client) => {
+        const report = await client.request({
+          cmd: 'provision',
+          ...(ca !== undefined ? { ca } : {}),
+          ...(options.pcrs !== undefined ? { pcrs: options.pcrs } : {}),
+          ...(options.reset ? { reset: true } : {}),
+        });
+        if (globals().json) printJson(report);
+        else print(renderProvision(report));
+      });
+    });
+
   return program;
+}
+
+function parsePcrs(value: string): number[] {
+  const pcrs = parsePcrList(value);
+  if (typeof pcrs === 'string') throw new InvalidArgumentError(pcrs);
+  return pcrs;
 }
 
 function parseServiceName(value: string): string {

@@ -3,7 +3,8 @@
  * function takes `now` (wall-clock ms) so that ages and uptimes are testable; none adds a
  * trailing newline. Times are shown in UTC, like the machine's clock.
  */
-import type { SupervisorInfo } from '../init/control/api.ts';
+import type { ProvisionReport, SupervisorInfo } from '../init/control/api.ts';
+import { describeTrust } from '../init/trust/boot-trust.ts';
 import { computeTimelineRows, formatBootMs, summarizeTimeline, type BootTimeline } from '../init/boot/timeline.ts';
 import type { LogLine } from '../init/log/types.ts';
 import type { ExitInfo, ServiceState, ServiceStatus } from '../init/supervisor/types.ts';
@@ -181,7 +182,16 @@ export function renderInfo(info: SupervisorInfo, now: number, options: RenderOpt
   ];
   if (info.configPath !== null) text.push(`config: ${info.configPath}`);
   if (info.boot) text.push(`boot: ${summarizeTimeline(info.boot)}`);
+  if (info.trust) text.push(`trust: ${paint(describeTrust(info.trust), info.trust.state === 'failed' ? 'bad' : 'quiet', options)}`);
   return text.join('\n');
+}
+
+/** `mosctl provision`'s answer. */
+export function renderProvision(report: ProvisionReport): string {
+  const where = `TPM NV ${report.nvIndex} (PCRs ${report.pcrs.join(',')})`;
+  const what = `${report.source === 'embedded' ? 'the embedded ' : ''}manifest CA ${report.root}`;
+  if (report.status === 'already-provisioned') return `${where} already holds ${what}; nothing to do`;
+  return `provisioned ${what} into ${where}`;
 }
 
 /**

@@ -52,7 +52,47 @@ export interface MosCmdline {
   testCrash: string | null;
   /** `mos.shutdown_timeout=<ms>`: bound on stopping services at shutdown. */
   shutdownTimeoutMs: number | null;
+  /**
+   * `mos.store=<block device or directory>`: where the install layout is (its `oci/` directory).
+   * Null: no manifest store, the trust phase verifies nothing.
+   */
+  store: string | null;
+  /** `mos.manifest_tag=<tag>`: the install artifact's tag in the layout (default `latest`). */
+  manifestTag: string;
+  /** `mos.tpm=<tcti>`: the TPM to read the trust root from (default `device:/dev/tpmrm0`). */
+  tpm: string;
+  /** `mos.trust_pcrs=7,11`: the PCRs the trust root's read policy is over (default 7,11). */
+  trustPcrs: number[];
+  /**
+   * `mos.*` values that could not be read (key and why). The keys then keep their defaults; the
+   * trust phase refuses to boot when one of its keys is here (a typo must not weaken the check).
+   */
+  invalid: { key: string; reason: string }[];
 }
+
+export const CMDLINE_DEFAULTS = {
+  manifestTag: 'latest',
+  tpm: 'device:/dev/tpmrm0',
+  trustPcrs: [7, 11] as readonly number[],
+} as const;
+
+/**
+ * `7,11` → [7, 11]: PCR numbers 0-23, comma-separated, ascending and without duplicates in the
+ * result. A string saying what is wrong otherwise.
+ */
+export function parsePcrList(text: string): number[] | string {
+  const words = text.split(',').map((word) => word.trim());
+  if (words.length === 0 || words.some((word) => word === '')) return `expected PCR numbers separated by commas (e.g. 7,11), not ${JSON.stringify(text)}`;
+  const pcrs: number[] = [];
+  for (const word of words) {
+    if (!/^\d{1,2}$/.test(word) || Number(word) > 23) return `PCR ${JSON.stringify(word)} is not a number 0-23`;
+    pcrs.push(Number(word));
+  }
+  return [...new Set(pcrs)].sort((a, b) => a - b);
+}
+
+/** A TCTI as the TPM port takes it: `device:<absolute path>` or `swtpm:host=<h>,port=<p>`. */
+const TCTI_PATTERN = /^(device:\/[^\s,]+|swtpm:host=[A-Za-z0-9.:-]+,port=\d{1,5})$/;
 
 const TRUE_WORDS = new Set(['1', 'yes', 'true', 'on', '']);
 
@@ -61,6 +101,21 @@ export function readMosCmdline(cmdline: Map<string, string>): MosCmdline {
   const debug = get('mos.debug_control');
   const timeout = get('mos.shutdown_timeout');
   const timeoutMs = timeout !== null && /^\d+$/.test(timeout) ? Number(timeout) : null;
+  const invalid: MosCmdline['invalid'] = [];
+  if (timeout !== null && timeoutMs === null) invalid.push({ key: 'mos.shutdown_timeout', reason: `expected milliseconds, not ${JSON.stringify(timeout)}` });
+
+  const store = get('mos.store');
+  if (store !== null && store !== '' && !store.startsWith('/')) invalid.push({ key: 'mos.store', reason: `expected an absolute path, not ${JSON.stringify(store)}` });
+  const tag = get('mos.manifest_tag');
+  if (tag === '') invalid.push({ key: 'mos.manifest_tag', reason: 'empty tag' });
+  const tpm = get('mos.tpm');
+  if (tpm !== null && !TCTI_PATTERN.test(tpm)) {
+    invalid.push({ key: 'mos.tpm', reason: `expected device:<path> or swtpm:host=<host>,port=<port>, not ${JSON.stringify(tpm)}` });
+  }
+  const pcrsText = get('mos.trust_pcrs');
+  const pcrs = pcrsText === null ? null : parsePcrList(pcrsText);
+  if (typeof pcrs === 'string') invalid.push({ key: 'mos.trust_pcrs', reason: pcrs });
+
   return {
     config: get('mos.config') || null,
     debugControl: debug !== null && TRUE_WORDS.has(debug.toLowerCase()),
@@ -70,5 +125,10 @@ export function readMosCmdline(cmdline: Map<string, string>): MosCmdline {
       .filter((name) => name !== ''),
     testCrash: get('mos.test_crash') || null,
     shutdownTimeoutMs: timeoutMs,
+    store: store !== null && store !== '' && store.startsWith('/') ? store : null,
+    manifestTag: tag || CMDLINE_DEFAULTS.manifestTag,
+    tpm: tpm !== null && TCTI_PATTERN.test(tpm) ? tpm : CMDLINE_DEFAULTS.tpm,
+    trustPcrs: Array.isArray(pcrs) ? pcrs : [...CMDLINE_DEFAULTS.trustPcrs],
+    invalid,
   };
 }

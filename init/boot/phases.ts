@@ -59,6 +59,20 @@ export interface PhaseRunResult {
   emergency: { phase: string; reason: string } | null;
 }
 
+/**
+ * A phase failure that names the emergency reason itself (e.g. `trust: E_CERT_UNTRUSTED: ...`)
+ * instead of the generic `boot phase <name> failed: <message>`.
+ */
+export class PhaseFailure extends Error {
+  constructor(
+    message: string,
+    readonly emergencyReason: string,
+  ) {
+    super(message);
+    this.name = 'PhaseFailure';
+  }
+}
+
 function describe(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
@@ -100,7 +114,8 @@ export async function runPhases(phases: readonly Phase[], options: PhaseRunOptio
       record.status = 'failed';
       record.detail = describe(error);
       if (phaseVerdict(phase.policy, true) === 'emergency') {
-        emergency = { phase: phase.name, reason: `boot phase ${phase.name} failed: ${record.detail}` };
+        const reason = error instanceof PhaseFailure ? error.emergencyReason : `boot phase ${phase.name} failed: ${record.detail}`;
+        emergency = { phase: phase.name, reason };
       }
     }
     record.endMs = options.now();

@@ -11,6 +11,9 @@
  *                          through modules.dep (finit_module)
  *   mounts-late    warn    efivarfs (a module on Debian) when /sys/firmware/efi exists
  *   control-port   warn    the virtio-serial port `mos.control`, searched in the background
+ *   trust          fatal   mos.store= → the trust root from the TPM (provisioned from the embedded
+ *                          CA on first boot) → the signed install layout verified; without
+ *                          mos.store= skipped (init/trust/boot-trust.ts decides, trust-phase.ts acts)
  *   supervise      fatal   the service file → supervisor; `mos: services ready` once all are up
  *
  * Namespace mode (`--no-early-mounts`, for PID 1 of a PID namespace on a host): mounts,
@@ -24,7 +27,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Native } from '../../native/types.ts';
 import { MountFlags } from '../../native/types.ts';
-import { ControlError, type ShutdownAccepted, type SupervisorApi } from '../control/api.ts';
+import { ControlError, type ProvisionReport, type ShutdownAccepted, type SupervisorApi } from '../control/api.ts';
 import { ErrorCode } from '../control/protocol.ts';
 import { startControlServer, type ControlServer } from '../control/server.ts';
 import { type Logger, createLogger, parseLogLevel } from '../log/logger.ts';
@@ -53,7 +56,19 @@ import {
   planModuleLoads,
   readOptional,
 } from './modules.ts';
-import { runPhases, type Phase, type PhaseRecord } from './phases.ts';
+import { PhaseFailure, runPhases, type Phase, type PhaseRecord } from './phases.ts';
+import {
+  EMBEDDED_CA_PATH,
+  formatNvIndex,
+  planProvisionRequest,
+  provisionedLine,
+  rootFingerprint,
+  type TrustConfigInput,
+  type TrustState,
+} from '../trust/boot-trust.ts';
+import { provisionTrustRoot, TRUST_ROOT_NV_INDEX } from '../trust/trust-root.ts';
+import type { VerifiedInstall } from '../trust/verify-install.ts';
+import { asFailure, readEmbeddedCa, runTrustPhase } from './trust-phase.ts';
 import {
   DEFAULT_SHUTDOWN_BOUNDS,
   listProcesses,
@@ -102,6 +117,11 @@ export interface Pid1Options {
   modulesRoot?: string;
   /** How long the control-port search waits for the virtio port to appear. */
   controlPortSearchMs?: number;
+  /**
+   * The manifest CA the image embeds (default /etc/mos/trust/manifest-ca.pem). Tests of the
+   * test bundle point it elsewhere (`--trust-ca`).
+   */
+  trustCaPath?: string;
   /**
    * Install the process-wide hooks (exit guard, uncaughtException/unhandledRejection, SIGCHLD,
    * the keep-alive reaping interval). Always in mos-init; unit tests turn it off.
@@ -201,6 +221,25 @@ export function runPid1(options: Pid1Options): Pid1Handle {
   /** Until the supervisor reports which service that pid is, `firstExec.service` is argv[0]. */
   let firstExecPid: number | null = null;
   let servicesReadyMs: number | null = null;
+  const trustCaPath = options.trustCaPath ?? EMBEDDED_CA_PATH;
+  let trustState: TrustState = { state: 'pending' };
+  /** The verified install (the trust phase's result): what later phases may use, and only that. */
+  let verifiedInstall: VerifiedInstall | null = null;
+  const trustConfig = (): TrustConfigInput => ({
+    store: cmdline.store,
+    manifestTag: cmdline.manifestTag,
+    tpm: cmdline.tpm,
+    trustPcrs: cmdline.trustPcrs,
+    invalid: cmdline.invalid,
+    namespaceMode: !earlyMounts,
+  });
+  // One TPM user at a time: the trust phase and `mosctl provision` must not interleave.
+  let tpmQueue: Promise<unknown> = Promise.resolve();
+  const withTpm = <T>(run: () => Promise<T>): Promise<T> => {
+    const next = tpmQueue.then(run, run);
+    tpmQueue = next.catch(() => {});
+    return next;
+  };
 
   // ── the last line of defence: PID 1 never exits ────────────────────────────────────────────
   const emergency = new EmergencyState({
@@ -276,7 +315,7 @@ export function runPid1(options: Pid1Options): Pid1Handle {
   });
 
   const api: SupervisorApi = {
-    info: () => ({ ...supervisor.info(), configPath, boot: timeline() }),
+    info: () => ({ ...supervisor.info(), configPath, boot: timeline(), trust: trustState }),
     list: () => supervisor.list(),
     status: (name) => supervisor.status(name),
     start: (name) => supervisor.start(name),
@@ -290,6 +329,30 @@ export function runPid1(options: Pid1Options): Pid1Handle {
       // Marked now (a second request is refused), begun after the answer has gone out.
       beginShutdown(action, 'mosctl', true);
       return { action, accepted: true };
+    },
+    provision: async (request): Promise<ProvisionReport> => {
+      const plan = planProvisionRequest({ ca: request.ca, embeddedCa: readEmbeddedCa(trustCaPath), pcrs: request.pcrs, config: trustConfig() });
+      if (!plan.ok) throw new ControlError(plan.code, plan.message);
+      const fingerprint = rootFingerprint(plan.root);
+      log.info({ root: fingerprint, source: plan.source, pcrs: plan.pcrs, reset: request.reset === true }, 'trust: provision requested');
+      try {
+        const result = await withTpm(() => provisionTrustRoot(native, plan.tcti, { root: plan.root, pcrs: plan.pcrs, reset: request.reset === true }));
+        log.info({ root: fingerprint, status: result.status, steps: result.steps, reason: result.reason }, `trust: provision: ${result.reason}`);
+        if (result.status === 'provisioned') say(provisionedLine(plan.root, result.index, plan.pcrs));
+        return {
+          status: result.status,
+          nvIndex: formatNvIndex(result.index),
+          pcrs: plan.pcrs,
+          root: fingerprint,
+          source: plan.source,
+          steps: result.steps,
+          reason: result.reason,
+        };
+      } catch (error) {
+        const failed = asFailure(error, 'E_TRUST_ROOT_TPM');
+        log.warn({ root: fingerprint, code: failed.code }, `trust: provision refused: ${failed.message}`);
+        throw new ControlError(failed.code, failed.message);
+      }
     },
   };
 
@@ -499,6 +562,43 @@ export function runPid1(options: Pid1Options): Pid1Handle {
         if (!earlyMounts) return namespaceSkip(context);
         controlPortSearch ??= searchControlPort(options.controlPortSearchMs ?? 15_000);
         context.note(`searching for ${CONTROL_PORT_NAME} in the background`);
+      },
+    },
+    {
+      name: 'trust',
+      policy: 'fatal',
+      run: async (context) => {
+        const config = trustConfig();
+        const result = await runTrustPhase(
+          {
+            config,
+            // Read only when it may be needed: with no store the phase touches nothing.
+            embeddedCa: config.store === null ? { kind: 'none', path: trustCaPath } : readEmbeddedCa(trustCaPath),
+            nvIndex: TRUST_ROOT_NV_INDEX,
+          },
+          {
+            native,
+            mountDir: path.join(stateDir, 'store'),
+            now: () => new Date(),
+            sleep,
+            monotonicMs: () => monotonicMs(),
+            onMounted: (target) => ownMounts.push(target),
+            say,
+            log: (fields, message) => log.info(fields, message),
+            withTpm,
+          },
+        );
+        trustState = result.state;
+        verifiedInstall = result.verified;
+        log.info({ trust: result.state, installed: verifiedInstall?.installManifestDigest }, 'trust phase verdict');
+        if (result.skipped !== null) return context.skip(result.skipped);
+        if (result.emergency !== null) {
+          const detail = result.state.state === 'failed' ? `${result.state.code}: ${result.state.message}` : result.emergency;
+          throw new PhaseFailure(detail, result.emergency);
+        }
+        if (result.state.state === 'verified') {
+          context.note(`verified ${result.state.install} (${result.state.targets} targets${result.state.provisioned ? ', provisioned the root' : ''})`);
+        }
       },
     },
     {

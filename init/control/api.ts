@@ -1,4 +1,5 @@
 import type { BootTimeline } from '../boot/timeline.ts';
+import type { TrustState } from '../trust/boot-trust.ts';
 import type { LogLine } from '../log/types.ts';
 import type { ServiceStatus } from '../supervisor/types.ts';
 
@@ -24,6 +25,30 @@ export interface SupervisorInfo {
   configPath: string | null;
   /** PID 1 only: the boot timeline so far (`mosctl status` summarises it). */
   boot?: BootTimeline | null;
+  /** PID 1 only: the trust phase's verdict (`mosctl status` shows it as `trust: ...`). */
+  trust?: TrustState | null;
+}
+
+/** What `provision` asks: the CA (PEM) to write, default the image's; PCRs; replace another root. */
+export interface ProvisionRequest {
+  ca?: string;
+  pcrs?: number[];
+  reset?: boolean;
+}
+
+/** The answer to `provision`. */
+export interface ProvisionReport {
+  status: 'provisioned' | 'already-provisioned';
+  /** `0x01806d6f` */
+  nvIndex: string;
+  pcrs: number[];
+  /** `sha256:<16 hex>` of the CA's public key (SPKI DER). */
+  root: string;
+  /** The CA came with the request, or is the one the image embeds. */
+  source: 'given' | 'embedded';
+  /** The TPM steps carried out (empty when already provisioned). */
+  steps: string[];
+  reason: string;
 }
 
 /** An error the control API reports with a stable code, e.g. `E_UNKNOWN_SERVICE`. */
@@ -59,4 +84,10 @@ export interface SupervisorApi {
    * Without it, shutdown requests answer `E_UNSUPPORTED`.
    */
   requestShutdown?(action: ShutdownAction): ShutdownAccepted;
+  /**
+   * PID 1 only: writes the manifest CA into the TPM (init/trust/trust-root.ts). Rejects with a
+   * `ControlError` carrying the trust-root code (E_DIFFERENT_ROOT, ...). Without it, `provision`
+   * answers `E_UNSUPPORTED`.
+   */
+  provision?(request: ProvisionRequest): Promise<ProvisionReport>;
 }

@@ -7,7 +7,7 @@
  * closes. Errors about the connection itself (a refused peer, an unreadable line) carry `id: 0`.
  */
 import * as v from 'valibot';
-import { ControlError, type ShutdownAccepted, type SupervisorInfo } from './api.ts';
+import { ControlError, type ProvisionReport, type ShutdownAccepted, type SupervisorInfo } from './api.ts';
 import type { BootTimeline } from '../boot/timeline.ts';
 import type { LogLine } from '../log/types.ts';
 import type { ServiceStatus } from '../supervisor/types.ts';
@@ -36,7 +36,7 @@ export const ErrorCode = {
   Unreachable: 'E_UNREACHABLE',
 } as const;
 
-export const COMMANDS = ['info', 'list', 'status', 'logs', 'start', 'stop', 'restart', 'analyze', 'poweroff', 'reboot', 'halt'] as const;
+export const COMMANDS = ['info', 'list', 'status', 'logs', 'start', 'stop', 'restart', 'analyze', 'poweroff', 'reboot', 'halt', 'provision'] as const;
 
 /** Commands that change nothing: what a read-only peer (the virtio-serial port by default) may send. */
 export const READ_ONLY_COMMANDS: ReadonlySet<CommandName> = new Set(['info', 'list', 'status', 'logs', 'analyze']);
@@ -96,6 +96,32 @@ export const ShutdownRequestSchema = v.strictObject({
   cmd: v.picklist(['poweroff', 'reboot', 'halt']),
 });
 
+/** Longest CA (PEM text) a provision request may carry; a certificate is 1-3 KB. */
+export const MAX_PROVISION_CA_CHARS = 32 * 1024;
+
+export const ProvisionRequestSchema = v.strictObject({
+  ...envelope,
+  cmd: v.literal('provision'),
+  ca: v.optional(
+    v.pipe(
+      v.string('expected the CA certificate as PEM text'),
+      v.minLength(1, 'expected the CA certificate as PEM text'),
+      v.maxLength(MAX_PROVISION_CA_CHARS, `expected at most ${MAX_PROVISION_CA_CHARS} characters of PEM`),
+    ),
+  ),
+  pcrs: v.optional(
+    v.pipe(
+      v.array(
+        v.pipe(v.number('expected PCR numbers 0-23'), v.integer('expected PCR numbers 0-23'), v.minValue(0, 'expected PCR numbers 0-23'), v.maxValue(23, 'expected PCR numbers 0-23')),
+        'expected a list of PCR numbers',
+      ),
+      v.minLength(1, 'expected at least one PCR'),
+      v.maxLength(24, 'expected at most 24 PCRs'),
+    ),
+  ),
+  reset: v.optional(v.boolean('expected true or false')),
+});
+
 export const RequestSchema = v.variant(
   'cmd',
   [
@@ -106,6 +132,7 @@ export const RequestSchema = v.variant(
     ServiceActionRequestSchema,
     AnalyzeRequestSchema,
     ShutdownRequestSchema,
+    ProvisionRequestSchema,
   ],
   `expected one of ${COMMANDS.join('|')}`,
 );
@@ -131,6 +158,7 @@ export interface CommandResults {
   poweroff: ShutdownAccepted;
   reboot: ShutdownAccepted;
   halt: ShutdownAccepted;
+  provision: ProvisionReport;
 }
 export type ResultOf<C extends ControlCommand> = CommandResults[C['cmd']];
 

@@ -386,6 +386,15 @@ async function execute(api: SupervisorApi, request: ControlRequest): Promise<unk
         throw new ControlError(ErrorCode.Unsupported, `${request.cmd} needs mos to be PID 1 (this is ${api.info().mode} mode)`);
       }
       return api.requestShutdown(request.cmd);
+    case 'provision':
+      if (!api.provision) {
+        throw new ControlError(ErrorCode.Unsupported, `provision needs mos to be PID 1 (this is ${api.info().mode} mode)`);
+      }
+      return api.provision({
+        ...(request.ca !== undefined ? { ca: request.ca } : {}),
+        ...(request.pcrs !== undefined ? { pcrs: request.pcrs } : {}),
+        ...(request.reset !== undefined ? { reset: request.reset } : {}),
+      });
   }
 }
 

@@ -57,6 +57,11 @@ describe('the kernel command line', () => {
       modules: ['loop', 'dm-verity'],
       testCrash: 'services',
       shutdownTimeoutMs: 5000,
+      store: null,
+      manifestTag: 'latest',
+      tpm: 'device:/dev/tpmrm0',
+      trustPcrs: [7, 11],
+      invalid: [],
     });
     expect(readMosCmdline(parseCmdline('mos.debug_control=0'))).toMatchObject({ debugControl: false, config: null, modules: [], testCrash: null });
   });
