@@ -5,8 +5,22 @@ import secureBoot from './02-secure-boot/case.ts';
 import serviceRestart from './03-service-restart/case.ts';
 import pid1Crash from './04-pid1-crash/case.ts';
 import ctrlAltDel from './05-ctrl-alt-del/case.ts';
+import trustProvisionVerify from './06-trust-provision-verify/case.ts';
+import trustCmdlinePcr from './07-trust-cmdline-pcr/case.ts';
+import trustForeignKeyset from './08-trust-foreign-keyset/case.ts';
+import trustTamperedBlob from './09-trust-tampered-blob/case.ts';
 
-export const cases: readonly VmCase[] = [directBoot, secureBoot, serviceRestart, pid1Crash, ctrlAltDel];
+export const cases: readonly VmCase[] = [
+  directBoot,
+  secureBoot,
+  serviceRestart,
+  pid1Crash,
+  ctrlAltDel,
+  trustProvisionVerify,
+  trustCmdlinePcr,
+  trustForeignKeyset,
+  trustTamperedBlob,
+];
 
 /** Cases matching any selector: a number (`1`, `01`), a folder name, or part of one. */
 export function selectCases(selectors: readonly string[]): VmCase[] {

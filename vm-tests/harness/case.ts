@@ -41,6 +41,7 @@ export class CaseContext {
   readonly steps: { label: string; seconds: number }[] = [];
   private readonly started = Date.now();
   private lastStep = Date.now();
+  private bootCount = 0;
 
   constructor(
     readonly vmCase: VmCase,
@@ -66,15 +67,39 @@ export class CaseContext {
     this.log(label);
   }
 
+  /** A TPM state directory in the case's work dir, for boots that share one TPM (`tpmStateDir`). */
+  tpmState(name = 'tpm-state'): string {
+    const dir = path.join(this.workDir, name);
+    mkdirSync(dir, { recursive: true });
+    return dir;
+  }
+
+  /** A fresh directory in the case's work dir (stores, keysets). */
+  scratch(name: string): string {
+    const dir = path.join(this.workDir, name);
+    mkdirSync(dir, { recursive: true });
+    return dir;
+  }
+
   async boot(options: BootOptions): Promise<Machine> {
     const live = this.options.live;
+    // Live console: once a case has booted more than one machine, each line carries its name
+    // (chunks end mid-line: the prefix goes only where a line starts).
+    let atLineStart = true;
+    this.bootCount += 1;
+    const show = (name: string, chunk: string) => {
+      if (this.bootCount > 1) {
+        process.stdout.write(prefixLines(name, chunk, atLineStart));
+      } else process.stdout.write(chunk);
+      atLineStart = chunk.endsWith('\n');
+    };
     const machine = await Machine.start(
       {
         workDir: this.workDir,
         cleanup: this.cleanup,
         images: this.images,
         log: (line) => this.log(line),
-        onConsole: live ? (name, chunk) => process.stdout.write(this.machines.length > 1 ? prefixLines(name, chunk) : chunk) : undefined,
+        onConsole: live ? show : undefined,
       },
       options,
     );
@@ -114,8 +139,10 @@ function sweepDeadWorkDirs(): void {
   }
 }
 
-function prefixLines(name: string, chunk: string): string {
-  return chunk.replace(/^(?=.)/gm, `${name}| `);
+/** Prefixes every line that starts in `chunk` (the first only when the last chunk ended a line). */
+export function prefixLines(name: string, chunk: string, atLineStart = true): string {
+  const prefixed = chunk.replace(/\n(?=.)/g, `\n${name}| `);
+  return atLineStart && chunk.length > 0 ? `${name}| ${prefixed}` : prefixed;
 }
 
 export interface CaseResult {

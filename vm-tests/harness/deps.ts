@@ -15,6 +15,7 @@ export const VM_REQUIREMENTS: Record<string, string> = {
   '/usr/bin/mcopy': 'mtools', // building a throwaway ESP for the unsigned UKI
   '/usr/sbin/mkfs.vfat': 'dosfstools',
   '/usr/bin/setpriv': 'util-linux', // QEMU under --pdeathsig KILL
+  '/usr/bin/mksquashfs': 'squashfs-tools', // the trust cases' store disk
 };
 
 export function missingVmPackages(exists: (file: string) => boolean = existsSync): string[] {

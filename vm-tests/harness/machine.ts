@@ -21,9 +21,10 @@ import {
   QEMU_BINARY,
   buildCmdline,
   buildQemuArgs,
+  type ExtraDrive,
   type QemuConfig,
 } from './qemu.ts';
-import { startSwtpm } from './swtpm.ts';
+import { releaseStateDir, startSwtpm, type Swtpm } from './swtpm.ts';
 
 export interface BootOptions {
   /** A label, unique within the case (file names, logs). */
@@ -35,7 +36,20 @@ export interface BootOptions {
   secureBoot?: boolean;
   /** UEFI only: boot the unsigned UKI (on an ESP made for it) instead of the signed one. */
   unsigned?: boolean;
+  /** UEFI only: boot this ESP image instead of the build's (a UKI variant: harness/uki.ts). */
+  esp?: string;
+  /**
+   * Disks after the ESP, in this order (virtio-blk, found by serial; with UEFI the first is
+   * /dev/vdb, with direct boot /dev/vda). Read-only ones are read-only to the guest.
+   */
+  drives?: readonly ExtraDrive[];
   tpm?: boolean;
+  /**
+   * With `tpm`: swtpm's state directory. Give several boots the same one to keep the TPM (its NV
+   * indices) across them; the next swtpm waits for the previous one to exit. Default: a fresh
+   * TPM in the machine's own dir.
+   */
+  tpmStateDir?: string;
   /** Attach the `mos.control` port (default true). */
   control?: boolean;
   memoryMiB?: number;
@@ -70,6 +84,8 @@ export class Machine {
     readonly controlSocket: string,
     readonly qmpSocket: string,
     readonly startedAt: number,
+    /** The machine's swtpm, when it has a TPM. */
+    readonly tpm?: Swtpm,
   ) {
     void exited.then((info) => (this.exitInfo = info));
   }
@@ -92,10 +108,12 @@ export class Machine {
       // A private copy of the variable store: OVMF writes to it.
       const vars = path.join(dir, 'OVMF_VARS.fd');
       copyFileSync(secureBoot ? OVMF_SNAKEOIL_VARS : OVMF_PLAIN_VARS, vars);
-      const esp = options.unsigned ? makeEsp(env.images.ukiUnsigned, path.join(dir, 'esp-unsigned.img')) : env.images.esp;
+      const esp = options.unsigned ? makeEsp(env.images.ukiUnsigned, path.join(dir, 'esp-unsigned.img')) : (options.esp ?? env.images.esp);
       config.boot = { kind: 'uefi', code: secureBoot ? OVMF_SNAKEOIL_CODE : OVMF_PLAIN_CODE, vars, esp, secureBoot };
     }
-    if (options.tpm) config.tpmSocket = (await startSwtpm(dir, env.cleanup)).socket;
+    if (options.drives?.length) config.drives = [...options.drives];
+    const tpm = options.tpm ? await startSwtpm(dir, env.cleanup, options.tpmStateDir) : undefined;
+    if (tpm) config.tpmSocket = tpm.socket;
 
     const args = buildQemuArgs(config);
     writeFileSync(path.join(dir, 'qemu.args'), `${QEMU_BINARY} ${args.map(shellQuote).join(' ')}\n`);
@@ -107,7 +125,7 @@ export class Machine {
     if (!child.pid) throw new Error('QEMU did not start');
     const exited = new Promise<QemuExit>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
     env.cleanup.process(`qemu ${options.name}`, child.pid, exited);
-    const machine = new Machine(options.name, dir, args, watcher, child.pid, exited, controlSocket, qmpSocket, Date.now());
+    const machine = new Machine(options.name, dir, args, watcher, child.pid, exited, controlSocket, qmpSocket, Date.now(), tpm);
     const collect = (chunk: Buffer) => machine.qemuStderr.push(chunk.toString());
     child.stdout.on('data', collect);
     child.stderr.on('data', collect);
@@ -120,7 +138,8 @@ export class Machine {
       const qmp = await machine.qmpClient?.catch(() => null);
       qmp?.close();
     });
-    env.log(`${options.name}: started QEMU pid ${child.pid} (${options.boot}${options.tpm ? ', tpm' : ''})`);
+    const extras = [options.tpm ? (options.tpmStateDir ? `tpm ${path.basename(options.tpmStateDir)}` : 'tpm') : '', ...(options.drives ?? []).map((d) => `disk ${d.serial}`)].filter(Boolean);
+    env.log(`${options.name}: started QEMU pid ${child.pid} (${options.boot}${extras.length ? `, ${extras.join(', ')}` : ''})`);
     return machine;
   }
 
@@ -168,6 +187,19 @@ export class Machine {
     } finally {
       clearTimeout(timer);
     }
+  }
+
+  /**
+   * An orderly power-off from the host: `mosctl poweroff`, the poweroff marker, QEMU's exit, and
+   * (with a TPM) swtpm's, so the next boot on the same TPM state can start at once.
+   */
+  async powerOff(timeoutMs = 60_000): Promise<void> {
+    const since = this.console.mark();
+    const off = await this.mosctl('poweroff');
+    if (off.code !== 0) throw new Error(`${off.command} exited ${off.code}: ${off.stderr}${off.stdout}`);
+    await this.waitFor(Markers.poweroff, timeoutMs, { since });
+    await this.waitForExit(timeoutMs);
+    if (this.tpm) await releaseStateDir(this.tpm.stateDir);
   }
 
   /** Ends the VM now (QMP quit, then the cleanup kills the pid if needed). */

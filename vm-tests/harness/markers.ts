@@ -17,6 +17,17 @@ export const Markers = {
   linuxBooting: /Linux version \d/,
   /** OVMF refusing an image whose signature is not in db. */
   accessDenied: /Access Denied/,
+  /**
+   * Trust (issue 4): first boot with an empty TPM wrote the manifest CA into the NV index.
+   * Groups: the CA's short digest, the NV index, the PCR list.
+   */
+  trustProvisioned: /mos: trust: provisioned manifest CA sha256:([0-9a-f]{16}) into TPM NV (0x[0-9a-f]+) \(PCRs ([0-9,]+)\)/,
+  /** Trust: the store's install layout verified. Groups: its digest, the product, the target count. */
+  trustVerified: /mos: trust: verified install (sha256:[0-9a-f]+) \(product ([^,)]+), (\d+) targets?\)/,
+  /** Trust refused: PID 1 in the emergency state. Groups: the error code, the message (whole line). */
+  trustRefused: /mos: emergency: trust: (E_[A-Z0-9_]+): ([^\n]*)\n/,
+  /** Any trust line (for logs). */
+  trustAny: /mos: (?:emergency: )?trust: [^\n]*/g,
 } as const;
 
 /**
