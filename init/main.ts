@@ -11,8 +11,6 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { loadNative } from '../native/index.ts';
-import { PID1_DEFAULTS, runPid1 } from './boot/pid1.ts';
-import { runHostMode } from './host-mode.ts';
 import { createLogger } from './log/logger.ts';
 import { ConfigError, parseServiceFile } from './supervisor/spec.ts';
 
@@ -44,7 +42,7 @@ function pid1CannotStart(message: string): void {
   setInterval(() => {}, 1 << 30);
 }
 
-function pid1Main(): void {
+async function pid1Main(): Promise<void> {
   // The kernel passes unknown command-line words to init as arguments: never fail on them.
   const { values } = parseArgs({
     options: {
@@ -69,6 +67,10 @@ function pid1Main(): void {
   }
   native.setV8Flags(V8_FLAGS);
   const initMainMs = native.bootTimeMs();
+  // Each mode loads only its own code: the boot and trust modules' start-up work and memory
+  // have no business in host mode, nor host mode's in PID 1 (dynamic imports stay in the one
+  // bundle file, evaluated on first use).
+  const { PID1_DEFAULTS, runPid1 } = await import('./boot/pid1.ts');
   runPid1({
     native,
     configPath: text(values.config),
@@ -138,6 +140,7 @@ async function main(): Promise<void> {
   }
   const native = loadNative();
   native.setV8Flags(V8_FLAGS);
+  const { runHostMode } = await import('./host-mode.ts');
   const host = await runHostMode({ configPath: args.config, stateDir: args['state-dir'], native, logger });
 
   // An unexpected error must not take the services down with the supervisor: report it and
