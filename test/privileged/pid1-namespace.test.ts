@@ -8,8 +8,8 @@
  * signals is PID 1 of a child PID namespace (NSpid `<host pid> 1`, a pid namespace other than
  * ours); mos-init itself refuses reboot(2) and kill(-1) unless it is PID 1.
  */
-import { type ChildProcess, execFile, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -17,11 +17,10 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { BootTimeline } from '../../init/boot/timeline.ts';
 import type { SupervisorInfo } from '../../init/control/api.ts';
 import { loadNative } from '../../native/index.ts';
-import { cleanEnv, controlRequest, isRoot, mosctlBundle, repoRoot, waitFor } from '../helpers/host-mos.ts';
+import { cleanEnv, isRoot, mosctlBundle, waitFor } from '../helpers/host-mos.ts';
+import { NamespacePid1, productionBundle, testBundle } from '../helpers/namespace-pid1.ts';
 
 const run = promisify(execFile);
-const testBundle = path.join(repoRoot, 'dist', 'mos-init-test.mjs');
-const productionBundle = path.join(repoRoot, 'dist', 'mos-init.mjs');
 const sh = (script: string) => ['/bin/sh', '-c', script];
 
 interface LogRecord {
@@ -29,80 +28,13 @@ interface LogRecord {
   [key: string]: unknown;
 }
 
-/** One mos-init as PID 1 of `unshare --pid --fork --mount --mount-proc`. */
-class NamespaceMos {
-  readonly stateDir: string;
-  readonly configPath: string;
-  readonly socketPath: string;
-  readonly consoleLines: string[] = [];
-  private unshare: ChildProcess | null = null;
-  private exited: Promise<{ code: number | null; signal: string | null }> | null = null;
-  /** PID 1 of the namespace, as the host sees it. */
-  pid1 = 0;
-
+/** One mos-init as PID 1 of a PID namespace, over its own state dir and service file. */
+class NamespaceMos extends NamespacePid1 {
   constructor(config: unknown) {
-    this.stateDir = mkdtempSync(path.join(os.tmpdir(), 'mos-ns-'));
-    this.configPath = path.join(this.stateDir, 'services.json');
-    this.socketPath = path.join(this.stateDir, 'control.sock');
-    writeFileSync(this.configPath, JSON.stringify(config));
-  }
-
-  async start(options: { bundle?: string; cmdline?: string } = {}): Promise<this> {
-    const args = ['--pid', '--fork', '--mount', '--mount-proc', '--propagation', 'private'];
-    args.push(process.execPath, options.bundle ?? testBundle, '--pid1', '--no-early-mounts');
-    args.push('--config', this.configPath, '--state-dir', this.stateDir, '--console', '-');
-    if (options.cmdline !== undefined) args.push('--cmdline', options.cmdline);
-    const child = spawn('unshare', args, { env: cleanEnv({ MOS_LOG_LEVEL: 'debug' }), stdio: ['ignore', 'ignore', 'pipe'] });
-    this.unshare = child;
-    this.exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
-    let pending = '';
-    child.stderr!.on('data', (chunk: Buffer) => {
-      pending += chunk.toString();
-      const lines = pending.split('\n');
-      pending = lines.pop()!;
-      this.consoleLines.push(...lines);
-    });
-    await waitFor(() => this.findPid1(), 10_000, 'PID 1 of the namespace');
-    await waitFor(() => existsSync(this.socketPath), 20_000, () => `control socket; console: ${this.consoleLines.join(' | ')}`);
-    return this;
-  }
-
-  private findPid1(): boolean {
-    const pid = this.unshare?.pid;
-    if (!pid) return false;
-    try {
-      const children = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim();
-      if (children === '') return false;
-      this.pid1 = Number(children.split(' ')[0]);
-      return true;
-    } catch {
-      return false;
-    }
-  }
-
-  /** The double check before any signal that ends in reboot(2): PID 1 of a child namespace. */
-  assertChildNamespacePid1(): void {
-    const status = readFileSync(`/proc/${this.pid1}/status`, 'utf8');
-    expect(/^NSpid:\s+(\d+)\s+(\d+)$/m.exec(status)?.slice(1)).toEqual([String(this.pid1), '1']);
-    expect(readlinkSync(`/proc/${this.pid1}/ns/pid`)).not.toBe(readlinkSync('/proc/self/ns/pid'));
-  }
-
-  signal(signal: NodeJS.Signals | number): void {
-    this.assertChildNamespacePid1();
-    process.kill(this.pid1, signal);
-  }
-
-  async waitForExit(timeoutMs: number): Promise<{ code: number | null; signal: string | null }> {
-    const timeout = new Promise<never>((_, reject) => setTimeout(() => reject(new Error('the namespace did not end')), timeoutMs));
-    const result = await Promise.race([this.exited!, timeout]);
-    this.unshare = null;
-    return result;
-  }
-
-  async waitForConsole(pattern: string | RegExp, timeoutMs = 20_000): Promise<string> {
-    const matches = (line: string) => (typeof pattern === 'string' ? line.includes(pattern) : pattern.test(line));
-    await waitFor(() => this.consoleLines.some(matches), timeoutMs, () => `console line ${pattern}; console: ${this.consoleLines.join(' | ')}`);
-    return this.consoleLines.find(matches)!;
+    const stateDir = mkdtempSync(path.join(os.tmpdir(), 'mos-ns-'));
+    const configPath = path.join(stateDir, 'services.json');
+    writeFileSync(configPath, JSON.stringify(config));
+    super(stateDir, configPath);
   }
 
   records(): LogRecord[] {
@@ -139,20 +71,8 @@ class NamespaceMos {
     }
   }
 
-  request<T>(request: Record<string, unknown>): Promise<T> {
-    return controlRequest<T>(this.socketPath, request);
-  }
-
   async dispose(): Promise<void> {
-    if (this.unshare && this.pid1 > 0) {
-      // SIGKILL to a namespace's init ends every process in it.
-      try {
-        process.kill(this.pid1, 'SIGKILL');
-      } catch {
-        // Already gone.
-      }
-      await this.exited;
-    }
+    await this.kill();
     rmSync(this.stateDir, { recursive: true, force: true });
   }
 }

@@ -7,9 +7,9 @@
  * One swtpm per test; the boots within a test share it, as the reboots of a machine share its TPM.
  * Tests wait for console lines and control answers; nothing is timed.
  */
-import { type ChildProcess, execFile, execFileSync, spawn } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -18,79 +18,27 @@ import type { BootTimeline } from '../../init/boot/timeline.ts';
 import type { ProvisionReport, SupervisorInfo } from '../../init/control/api.ts';
 import type { TrustState } from '../../init/trust/boot-trust.ts';
 import type { ServiceStatus } from '../../init/supervisor/types.ts';
-import { cleanEnv, controlRequest, mosctlBundle, repoRoot, waitFor } from '../helpers/host-mos.ts';
+import { cleanEnv, mosctlBundle } from '../helpers/host-mos.ts';
 import { blobPath, makeKeysetFixture, publishFixture, type PublishedFixture } from '../helpers/manifest-fixtures.ts';
+import { NamespacePid1, testBundle } from '../helpers/namespace-pid1.ts';
 import { startSwtpm, swtpmUnavailableReason, type Swtpm } from '../helpers/swtpm.ts';
 
 const run = promisify(execFile);
-const testBundle = path.join(repoRoot, 'dist', 'mos-init-test.mjs');
 const unavailable = swtpmUnavailableReason() ?? (existsSync(testBundle) ? null : 'dist/mos-init-test.mjs is not built (npm run build)');
 const NV_INDEX = '0x01806d6f';
 const sha256Hex = (fill: number) => Buffer.alloc(32, fill).toString('hex');
 const fingerprint = (spki: Buffer) => `sha256:${createHash('sha256').update(spki).digest('hex').slice(0, 16)}`;
 
-/** One mos-init as PID 1 of `unshare --pid --fork --mount --mount-proc`, until it is disposed. */
-class TrustMos {
-  readonly consoleLines: string[] = [];
-  readonly socketPath: string;
-  private child: ChildProcess | null = null;
-  private exited: Promise<void> | null = null;
-  pid1 = 0;
-
-  constructor(
-    readonly stateDir: string,
-    private readonly configPath: string,
-  ) {
-    this.socketPath = path.join(stateDir, 'control.sock');
-  }
-
-  async start(cmdline: string, trustCa: string | null): Promise<this> {
-    const args = ['--pid', '--fork', '--mount', '--mount-proc', '--propagation', 'private'];
-    args.push(process.execPath, testBundle, '--pid1', '--no-early-mounts', '--config', this.configPath, '--state-dir', this.stateDir, '--console', '-');
-    args.push('--cmdline', cmdline);
-    if (trustCa !== null) args.push('--trust-ca', trustCa);
-    const child = spawn('unshare', args, { env: cleanEnv({ MOS_LOG_LEVEL: 'debug' }), stdio: ['ignore', 'ignore', 'pipe'] });
-    this.child = child;
-    this.exited = new Promise((resolve) => child.on('exit', () => resolve()));
-    let pending = '';
-    child.stderr!.on('data', (chunk: Buffer) => {
-      pending += chunk.toString();
-      const lines = pending.split('\n');
-      pending = lines.pop()!;
-      this.consoleLines.push(...lines);
-    });
-    await waitFor(() => this.findPid1(), 10_000, 'PID 1 of the namespace');
-    await waitFor(() => existsSync(this.socketPath), 20_000, () => `control socket; console: ${this.consoleLines.join(' | ')}`);
-    return this;
-  }
-
-  private findPid1(): boolean {
-    const pid = this.child?.pid;
-    if (!pid) return false;
-    try {
-      const children = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim();
-      if (children === '') return false;
-      this.pid1 = Number(children.split(' ')[0]);
-      return true;
-    } catch {
-      return false;
-    }
-  }
-
-  async waitForConsole(pattern: string | RegExp, timeoutMs = 20_000): Promise<string> {
-    const matches = (line: string) => (typeof pattern === 'string' ? line.includes(pattern) : pattern.test(line));
-    await waitFor(() => this.consoleLines.some(matches), timeoutMs, () => `console line ${pattern}; console: ${this.consoleLines.join(' | ')}`);
-    return this.consoleLines.find(matches)!;
+/** One mos-init as PID 1 of a PID namespace (test/helpers/namespace-pid1.ts), until disposed. */
+class TrustMos extends NamespacePid1 {
+  async boot(cmdline: string, trustCa: string | null): Promise<this> {
+    return this.start({ cmdline, extraArgs: trustCa !== null ? ['--trust-ca', trustCa] : [] });
   }
 
   /** Waits for the end of the boot phases: services ready, or an emergency. */
   async booted(): Promise<'ready' | 'emergency'> {
     const line = await this.waitForConsole(/^mos: (services ready|emergency: )/);
     return line.startsWith('mos: services ready') ? 'ready' : 'emergency';
-  }
-
-  request<T>(request: Record<string, unknown>): Promise<T> {
-    return controlRequest<T>(this.socketPath, request);
   }
 
   info(): Promise<SupervisorInfo> {
@@ -107,21 +55,8 @@ class TrustMos {
     }
   }
 
-  /** Ends the namespace (SIGKILL to its init ends every process in it). */
   async dispose(): Promise<void> {
-    if (this.child && this.pid1 > 0) {
-      // The same double check as pid1-namespace.test.ts: PID 1 of a child namespace, never ours.
-      const status = readFileSync(`/proc/${this.pid1}/status`, 'utf8');
-      if (/^NSpid:\s+\d+\s+1$/m.test(status) && readlinkSync(`/proc/${this.pid1}/ns/pid`) !== readlinkSync('/proc/self/ns/pid')) {
-        try {
-          process.kill(this.pid1, 'SIGKILL');
-        } catch {
-          // Already gone.
-        }
-      }
-      await this.exited;
-    }
-    this.child = null;
+    await this.kill();
   }
 }
 
@@ -167,7 +102,7 @@ describe.skipIf(unavailable !== null)(`trust phase in a PID namespace${unavailab
     const words = [...(store ? [`mos.store=${store}`] : []), `mos.tpm=${tpm.tcti}`, extra].filter(Boolean);
     const mos = new TrustMos(stateDir, path.join(work, 'services.json'));
     running.push(mos);
-    return mos.start(words.join(' '), trustCa);
+    return mos.boot(words.join(' '), trustCa);
   }
 
   async function shutDown(mos: TrustMos): Promise<void> {
