@@ -6,9 +6,10 @@
  * nothing but the three kinds of file a layout holds — `oci-layout`, `index.json` and
  * `blobs/sha256/<64 hex>` — and refuses every other name before touching the disk. It follows
  * no symlink (O_NOFOLLOW on the file; `blobs` and `blobs/sha256` must be real directories),
- * reads regular files only (O_NONBLOCK, so a FIFO planted under a blob name cannot block
- * boot), and checks a file's size against the caller's limit before reading any of it: an
- * oversized file is refused without being read, and no read goes past the size checked.
+ * opens regular files only (lstat before open, so no device node is ever opened; O_NONBLOCK and
+ * fstat after it, so a FIFO swapped in meanwhile cannot block boot), and checks a file's size
+ * against the caller's limit before reading any of it: an oversized file is refused without
+ * being read, and no read goes past the size checked.
  *
  * Limits of the fs implementation: the intermediate directories are checked with lstat and then
  * the file opened by path, so an attacker who can change the layout *while* it is being read
@@ -146,6 +147,16 @@ export function createFsLayoutReader(root: string, io: LayoutFs = nodeLayoutFs):
       checkPath(relPath);
       checkLimit(maxBytes);
       if (checkDirectories(relPath) === 'absent') throw new LayoutReadError('E_BLOB_MISSING', `${relPath} does not exist`);
+      // Before open(): opening a device node can act on the device (a watchdog starts, a tape
+      // rewinds), O_NONBLOCK or not. The fstat after open still decides what is read.
+      let before: FileStat;
+      try {
+        before = io.lstatSync(join(root, relPath));
+      } catch (cause) {
+        if (errno(cause) === 'ENOENT') throw new LayoutReadError('E_BLOB_MISSING', `${relPath} does not exist`, { cause });
+        throw ioError('cannot inspect', relPath, cause);
+      }
+      if (!before.isFile()) throw new LayoutReadError('E_LAYOUT_INVALID', `${relPath} is ${describeKind(before)}: refusing it`);
       let fd: number;
       try {
         fd = io.openSync(join(root, relPath), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);

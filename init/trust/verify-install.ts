@@ -507,15 +507,28 @@ function verifySignature(checked: CheckedCertificate, installBytes: Buffer, sign
 
 // ── the verifier ────────────────────────────────────────────────────────────────────────────
 
+/** Longest failure message returned (it becomes the console's emergency line and `mosctl status`). */
+export const MAX_MESSAGE_CHARS = 1024;
+
+/**
+ * A failure message made safe to print: messages quote what the layout holds (unknown JSON keys,
+ * an untrusted certificate's subject, artifact types), so control characters (terminal escape
+ * sequences, CR), C1 controls and bidi overrides are shown escaped, and the length is capped.
+ */
+export function printableMessage(message: string): string {
+  const escaped = message.replace(/[\u0000-\u001f\u007f-\u009f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+  return escaped.length > MAX_MESSAGE_CHARS ? `${escaped.slice(0, MAX_MESSAGE_CHARS - 1)}…` : escaped;
+}
+
 /** Verifies the install layout `reader` reads. Never throws for anything the layout holds. */
 export function verifyInstallLayout(options: VerifyInstallOptions): VerifyInstallResult {
   try {
     return verify(options);
   } catch (error) {
-    if (error instanceof Refusal) return { ok: false, code: error.code, message: error.message };
-    if (error instanceof LayoutReadError) return { ok: false, code: error.code, message: error.message };
+    if (error instanceof Refusal) return { ok: false, code: error.code, message: printableMessage(error.message) };
+    if (error instanceof LayoutReadError) return { ok: false, code: error.code, message: printableMessage(error.message) };
     // Fail closed on anything unforeseen, naming it.
-    return { ok: false, code: 'E_VERIFY_INTERNAL', message: `verification failed unexpectedly: ${(error as Error)?.message ?? String(error)}` };
+    return { ok: false, code: 'E_VERIFY_INTERNAL', message: printableMessage(`verification failed unexpectedly: ${(error as Error)?.message ?? String(error)}`) };
   }
 }
 

@@ -11,7 +11,7 @@ import { join, relative } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ANNOTATION, MAX_BYTES, productCommonName, type InstallFile } from '../../init/trust/formats.ts';
 import { createFsLayoutReader, nodeLayoutFs, type LayoutFs, type LayoutReader } from '../../init/trust/layout-reader.ts';
-import { verifyInstallLayout, type VerifyErrorCode, type VerifyInstallOptions, type VerifyInstallResult } from '../../init/trust/verify-install.ts';
+import { MAX_MESSAGE_CHARS, verifyInstallLayout, type VerifyErrorCode, type VerifyInstallOptions, type VerifyInstallResult } from '../../init/trust/verify-install.ts';
 import { decodeCertificatePem } from '../../init/trust/x509.ts';
 import {
   blobPath,
@@ -349,6 +349,19 @@ describe('structure and names', () => {
     expectRefused(verifyDir(materialise({ ...good(), edit: { index: (i) => (i.manifests[1].urls = ['http://x']) } }).dir), 'E_LAYOUT_INVALID', /urls: unknown field/);
     expectRefused(verifyDir(materialise({ ...good(), edit: { signature: (m) => (m.note = 'x') } }).dir), 'E_LAYOUT_INVALID', /note: unknown field/);
     expectRefused(verifyDir(materialise({ ...good(), edit: { ociLayout: (o) => (o.x = 1) } }).dir), 'E_LAYOUT_INVALID', /oci-layout/);
+  });
+
+  it('quotes what the layout holds escaped and bounded: no terminal escapes, no megabyte console line', () => {
+    const key = `\u001b[2K\r\u009b31m\u202e${'A'.repeat(200_000)}`;
+    const huge = verifyDir(materialise({ ...good(), edit: { index: (i) => (i[key] = 1) } }).dir);
+    expectRefused(huge, 'E_LAYOUT_INVALID', /unknown field|\\u001b/);
+    const typed = verifyDir(materialise({ ...good(), edit: { index: (i) => (i.manifests[1].artifactType = '\u001b]0;owned\u0007') } }).dir);
+    expectRefused(typed, 'E_LAYOUT_INVALID', /artifactType \\u001b\]0;owned\\u0007/);
+    for (const result of [huge, typed]) {
+      if (result.ok) continue;
+      expect(result.message).not.toMatch(/[\u0000-\u001f\u007f-\u009f\u202a-\u202e]/);
+      expect(result.message.length).toBeLessThanOrEqual(MAX_MESSAGE_CHARS);
+    }
   });
 
   it('unknown fields in install.json, even signed', () => {

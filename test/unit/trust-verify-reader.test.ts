@@ -168,6 +168,34 @@ describe('files', () => {
     expect(codeOf(() => reader.size(fifo))).toBe('E_LAYOUT_INVALID');
   });
 
+  it('never opens a device node planted as index.json or a blob (lstat refuses it first)', () => {
+    const dir = layoutDir();
+    const { io, calls } = spy(dir);
+    // A character device as index.json (root can mknod it; else the spy reports one).
+    const device = (path: string) => path.endsWith('index.json') || path.endsWith(BLOB);
+    const faking: LayoutFs = {
+      ...io,
+      lstatSync(path) {
+        if (!device(path)) return io.lstatSync(path);
+        calls.push(`lstat ${relative(dir, path)}`);
+        return { size: 0, isFile: () => false, isDirectory: () => false, isSymbolicLink: () => false } satisfies FileStat;
+      },
+    };
+    const reader = createFsLayoutReader(dir, faking);
+    expect(codeOf(() => reader.read('index.json', 100))).toBe('E_LAYOUT_INVALID');
+    expect(codeOf(() => reader.read(BLOB, 100))).toBe('E_LAYOUT_INVALID');
+    expect(calls.filter((call) => call.startsWith('open'))).toEqual([]);
+  });
+
+  it('refuses a real device node as index.json without opening it', () => {
+    if (process.getuid?.() !== 0) return; // mknod needs root
+    const dir = layoutDir();
+    execFileSync('mknod', [join(dir, 'index.json'), 'c', '1', '3']); // /dev/null's numbers
+    const { io, calls } = spy(dir);
+    expect(codeOf(() => createFsLayoutReader(dir, io).read('index.json', 100))).toBe('E_LAYOUT_INVALID');
+    expect(calls.filter((call) => call.startsWith('open'))).toEqual([]);
+  });
+
   it('refuses a file whose size changes while it is read, reading nothing past the size checked', () => {
     const dir = layoutDir({ [BLOB]: Buffer.alloc(20, 'x') });
     const { io, bytesRead } = spy(dir);
