@@ -37,9 +37,9 @@ const PROBE_SOURCE = path.join(BENCH_DIR, 'probe.c');
 const PROBE = path.join(WORK_DIR, 'probe');
 /** The build to measure: dist/, or another copy of it (`MOS_DIST=DIR`, e.g. an instrumented one). */
 const DIST = process.env.MOS_DIST ? path.resolve(process.env.MOS_DIST) : path.join(ROOT, 'dist');
-const MOS_FILES = ['mos-init.mjs', 'mosctl.mjs', 'mos-yaml.mjs', 'mos_native.node', 'mos_tpm.node'];
+const MOS_FILES = ['mos-init.cjs', 'mosctl.mjs', 'mos-yaml.cjs', 'mos_native.node', 'mos_tpm.node'];
 /** mos runs from a private copy of dist/ (see snapshotMos), set in main(). */
-let MOS_INIT = path.join(DIST, 'mos-init.mjs');
+let MOS_INIT = path.join(DIST, 'mos-init.cjs');
 let MOSCTL = path.join(DIST, 'mosctl.mjs');
 
 const QUICK = process.argv.includes('--quick');
@@ -285,7 +285,7 @@ function snapshotMos() {
     copyFileSync(path.join(DIST, file), path.join(dir, file));
     hash.update(readFileSync(path.join(dir, file)));
   }
-  MOS_INIT = path.join(dir, 'mos-init.mjs');
+  MOS_INIT = path.join(dir, 'mos-init.cjs');
   MOSCTL = path.join(dir, 'mosctl.mjs');
   return hash.digest('hex').slice(0, 12);
 }
@@ -917,7 +917,7 @@ function writeResults(info, tableRows, notes, targetList, started) {
 - OS: ${info.os}, kernel ${info.kernel}
 - Node ${info.node}
 - s6 ${info.s6}, runit ${info.runit} (Debian packages)
-- mos: revision ${info.mos}, build ${info.mosBuild} (sha256 of dist/mos-init.mjs, mosctl.mjs, mos_native.node)
+- mos: revision ${info.mos}, build ${info.mosBuild} (sha256 of dist/mos-init.cjs, mosctl.mjs, mos_native.node)
 - Benchmark: \`node bench/run.mjs${QUICK ? ' --quick' : ''}\`, ${((Date.now() - started) / 1000).toFixed(0)} s wall time
 
 ## Results

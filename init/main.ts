@@ -25,7 +25,7 @@ const USAGE = `usage: mos-init --host --config FILE --state-dir DIR
        mos-init --check --config FILE
        mos-init --pid1 [--no-early-mounts] [--config FILE] [--state-dir DIR] [--console PATH|-] [--cmdline TEXT] [--trust-ca FILE]`;
 
-/** Set by esbuild's `define` for dist/mos-init-test.mjs only; undefined everywhere else. */
+/** Set by esbuild's `define` for dist/mos-init-test.cjs only; undefined everywhere else. */
 declare const MOS_TEST_HOOKS: boolean | undefined;
 const TEST_HOOKS = typeof MOS_TEST_HOOKS !== 'undefined' && MOS_TEST_HOOKS === true;
 

@@ -270,15 +270,15 @@ let distDir = path.join(root, 'dist');
 
 function bundleInputs(variant) {
   const dist = distDir;
-  const testInit = path.join(dist, 'mos-init-test.mjs');
-  const init = variant === 'test' && existsSync(testInit) ? testInit : path.join(dist, 'mos-init.mjs');
+  const testInit = path.join(dist, 'mos-init-test.cjs');
+  const init = variant === 'test' && existsSync(testInit) ? testInit : path.join(dist, 'mos-init.cjs');
   const addonCandidates = [path.join(dist, 'mos_native.node'), path.join(root, 'native', 'build', 'Release', 'mos_native.node')];
   const addon = addonCandidates.find((file) => existsSync(file));
   // The TPM addon is built with the core one and lives beside it.
   const tpmAddon = addon && path.join(path.dirname(addon), 'mos_tpm.node');
   const mosctl = path.join(dist, 'mosctl.mjs');
   // The YAML parser, imported on demand by the bundles (scripts/build-bundle.mjs).
-  const yaml = path.join(dist, 'mos-yaml.mjs');
+  const yaml = path.join(dist, 'mos-yaml.cjs');
   return { init, addon, tpmAddon, mosctl, yaml };
 }
 
@@ -374,9 +374,9 @@ function buildTree({ variant, stageDir, node, kernel, modulePlan, epoch, trustCa
   // Node and the bundles (the addon beside the bundle: native/index.ts looks there first).
   addWithLibraries(tree, node.binary, 'usr/bin/node', libs);
   const bundle = bundleInputs(variant);
-  tree.file('usr/lib/mos/mos-init.mjs', bundle.init);
+  tree.file('usr/lib/mos/mos-init.cjs', bundle.init);
   tree.file('usr/lib/mos/mosctl.mjs', bundle.mosctl);
-  tree.file('usr/lib/mos/mos-yaml.mjs', bundle.yaml);
+  tree.file('usr/lib/mos/mos-yaml.cjs', bundle.yaml);
   addWithLibraries(tree, bundle.addon, 'usr/lib/mos/mos_native.node', libs);
   addWithLibraries(tree, bundle.tpmAddon, 'usr/lib/mos/mos_tpm.node', libs);
   for (const hostPath of Object.keys(BINARIES)) addWithLibraries(tree, hostPath, imagePathFor(hostPath), libs);

@@ -68,7 +68,7 @@ function addonCandidates(): string[] {
   if (explicit) return [path.resolve(explicit)];
   const runningFile = fileURLToPath(import.meta.url);
   return [
-    // Bundled: dist/mos-init.mjs next to dist/mos_native.node.
+    // Bundled: dist/mos-init.cjs next to dist/mos_native.node.
     path.join(path.dirname(runningFile), ADDON_FILE),
     // From source: native/index.ts and native/build/Release/mos_native.node.
     fileURLToPath(new URL('./build/Release/mos_native.node', import.meta.url)),

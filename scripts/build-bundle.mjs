@@ -11,54 +11,62 @@ const root = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
 const dist = path.join(root, 'dist');
 mkdirSync(dist, { recursive: true });
 
-// mos-init-test.mjs is mos-init with the test hooks compiled in (MOS_TEST_HOOKS: the kernel
+// mos-init-test.cjs is mos-init with the test hooks compiled in (MOS_TEST_HOOKS: the kernel
 // command line's mos.test_crash= is honoured). Only test images ship it; in the production bundle
 // the define is false, so that code is unreachable.
+//
+// mos-init is CommonJS: PID 1 then never loads Node's ESM loader (~1.7 MB of RSS for the life
+// of the machine). The tools stay ESM.
 const entries = {
-  'mos-init': { entry: 'init/main.ts', testHooks: false },
-  'mos-init-test': { entry: 'init/main.ts', testHooks: true },
-  mosctl: { entry: 'mosctl/cli.ts', testHooks: false },
-  mosb: { entry: 'mosb/cli.ts', testHooks: false },
+  'mos-init': { entry: 'init/main.ts', testHooks: false, format: 'cjs' },
+  'mos-init-test': { entry: 'init/main.ts', testHooks: true, format: 'cjs' },
+  mosctl: { entry: 'mosctl/cli.ts', testHooks: false, format: 'esm' },
+  mosb: { entry: 'mosb/cli.ts', testHooks: false, format: 'esm' },
+};
+const BANNER = {
+  // Some dependencies are CommonJS and call require(); give the ESM bundles one.
+  esm: "#!/usr/bin/env node\nimport { createRequire as __mosCreateRequire } from 'node:module';\nconst require = __mosCreateRequire(import.meta.url);",
+  // import.meta.url (native/index.ts finds the addon beside the bundle) in CommonJS terms.
+  cjs: "#!/usr/bin/env node\n'use strict';\nconst __mosImportMetaUrl = require('node:url').pathToFileURL(__filename).href;",
 };
 /**
- * The YAML parser is its own file, dist/mos-yaml.mjs, which the bundles import on demand
- * (`await import('yaml')` in init/supervisor/spec.ts): inlined, its ~250 KB of source would stay
- * in every mos-init's memory even when every service file is JSON.
+ * The YAML parser is its own file, dist/mos-yaml.cjs, which mos-init requires on first use
+ * (init/supervisor/yaml-loader.ts, replaced here): inlined, its ~250 KB of source would stay in
+ * every mos-init's memory even when every service file is JSON.
  */
 const yamlOnDemand = {
   name: 'yaml-on-demand',
   setup(pluginBuild) {
-    pluginBuild.onResolve({ filter: /^yaml$/ }, (args) =>
-      args.kind === 'dynamic-import' ? { path: './mos-yaml.mjs', external: true } : undefined,
-    );
+    pluginBuild.onLoad({ filter: /init\/supervisor\/yaml-loader\.ts$/ }, () => ({
+      contents: "export async function loadYaml() { return require('./mos-yaml.cjs'); }",
+      loader: 'js',
+    }));
+    pluginBuild.onResolve({ filter: /^\.\/mos-yaml\.cjs$/ }, (args) => ({ path: args.path, external: true }));
   },
 };
 await build({
-  stdin: { contents: "export { parseDocument } from 'yaml';", resolveDir: root, loader: 'js' },
-  outfile: path.join(dist, 'mos-yaml.mjs'),
+  stdin: { contents: "module.exports = { parseDocument: require('yaml').parseDocument };", resolveDir: root, loader: 'js' },
+  outfile: path.join(dist, 'mos-yaml.cjs'),
   bundle: true,
   platform: 'node',
-  format: 'esm',
+  format: 'cjs',
   target: 'node20',
-  // yaml is CommonJS and calls require('process').
-  banner: { js: "import { createRequire as __mosCreateRequire } from 'node:module';\nconst require = __mosCreateRequire(import.meta.url);" },
   logLevel: 'warning',
   legalComments: 'none',
   charset: 'ascii',
   minifyWhitespace: true,
 });
-for (const [name, { entry, testHooks }] of Object.entries(entries)) {
+for (const [name, { entry, testHooks, format }] of Object.entries(entries)) {
   await build({
-    plugins: [yamlOnDemand],
-    define: { MOS_TEST_HOOKS: testHooks ? 'true' : 'false' },
+    plugins: format === 'cjs' ? [yamlOnDemand] : [],
+    define: { MOS_TEST_HOOKS: testHooks ? 'true' : 'false', ...(format === 'cjs' ? { 'import.meta.url': '__mosImportMetaUrl' } : {}) },
     entryPoints: [path.join(root, entry)],
-    outfile: path.join(dist, `${name}.mjs`),
+    outfile: path.join(dist, `${name}.${format === 'cjs' ? 'cjs' : 'mjs'}`),
     bundle: true,
     platform: 'node',
-    format: 'esm',
+    format,
     target: 'node20',
-    // Some dependencies are CommonJS and call require(); give the ESM bundle one.
-    banner: { js: "#!/usr/bin/env node\nimport { createRequire as __mosCreateRequire } from 'node:module';\nconst require = __mosCreateRequire(import.meta.url);" },
+    banner: { js: BANNER[format] },
     logLevel: 'warning',
     legalComments: 'none',
     // V8 keeps the source for lazy compiling for the life of the process, as UTF-16 if a single
@@ -79,4 +87,4 @@ for (const file of ['mos_native.node', 'mos_tpm.node']) {
   copyFileSync(addon, staging);
   renameSync(staging, target);
 }
-console.log(`bundled ${[...Object.keys(entries), 'mos-yaml'].map((name) => `dist/${name}.mjs`).join(', ')}`);
+console.log(`bundled ${Object.entries(entries).map(([name, { format }]) => `dist/${name}.${format === 'cjs' ? 'cjs' : 'mjs'}`).join(', ')}, dist/mos-yaml.cjs`);

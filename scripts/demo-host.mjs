@@ -52,7 +52,7 @@ const configPath = path.join(stateDir, 'services.yaml');
 writeFileSync(configPath, readFileSync(path.join(demoDir, 'services.yaml'), 'utf8').replaceAll('@DEMO_DIR@', demoDir).replaceAll('@PORT@', String(port)));
 
 step(`starting mos in host mode (state in ${stateDir})`);
-const mos = spawn(process.execPath, [path.join(root, 'dist', 'mos-init.mjs'), '--host', '--config', configPath, '--state-dir', stateDir], {
+const mos = spawn(process.execPath, [path.join(root, 'dist', 'mos-init.cjs'), '--host', '--config', configPath, '--state-dir', stateDir], {
   env: { ...env, MOS_LOG_LEVEL: 'info' },
   stdio: ['ignore', 'inherit', 'pipe'],
 });

@@ -96,7 +96,7 @@ export function guardProcessExit(onAttempt: (what: string) => void): () => void 
 
 /**
  * The crash point requested by `mos.test_crash=<point>`, or null. Honoured only when the bundle
- * was built with `MOS_TEST_HOOKS` (dist/mos-init-test.mjs); production bundles ignore the key.
+ * was built with `MOS_TEST_HOOKS` (dist/mos-init-test.cjs); production bundles ignore the key.
  */
 export function testCrashPoint(hooksEnabled: boolean, requested: string | null): string | null {
   return hooksEnabled ? requested : null;

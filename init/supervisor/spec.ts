@@ -10,6 +10,7 @@ import { constants as osConstants } from 'node:os';
 import * as v from 'valibot';
 import { parseDuration } from './duration.ts';
 import type { ServiceSpec } from './types.ts';
+import { loadYaml } from './yaml-loader.ts';
 
 export const SERVICE_NAME_PATTERN = /^[a-z0-9][a-z0-9_.-]{0,62}$/;
 const ENV_NAME_PATTERN = /^[A-Za-z_][A-Za-z0-9_]*$/;
@@ -227,7 +228,7 @@ export async function parseServiceFile(text: string, source: string): Promise<Se
     }
     if (document !== undefined) return parseServiceConfig(document, source);
   }
-  const { parseDocument } = await import('yaml');
+  const { parseDocument } = await loadYaml();
   const document = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
   if (document.errors.length > 0) {
     throw new ConfigError(

@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import type { ServiceStatus } from '../../init/supervisor/types.ts';
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-export const mosInitBundle = path.join(repoRoot, 'dist', 'mos-init.mjs');
+export const mosInitBundle = path.join(repoRoot, 'dist', 'mos-init.cjs');
 export const mosctlBundle = path.join(repoRoot, 'dist', 'mosctl.mjs');
 export const notifyClient = path.join(repoRoot, 'test', 'fixtures', 'sd-notify.py');
 export const isRoot = process.getuid?.() === 0;

@@ -11,8 +11,8 @@ import { expect } from 'vitest';
 import { cleanEnv, controlRequest, repoRoot, waitFor } from './host-mos.ts';
 
 /** mos-init with the test hooks (`--trust-ca`, `mos.test_crash=`); the production one beside it. */
-export const testBundle = path.join(repoRoot, 'dist', 'mos-init-test.mjs');
-export const productionBundle = path.join(repoRoot, 'dist', 'mos-init.mjs');
+export const testBundle = path.join(repoRoot, 'dist', 'mos-init-test.cjs');
+export const productionBundle = path.join(repoRoot, 'dist', 'mos-init.cjs');
 
 export interface NamespaceStartOptions {
   bundle?: string;

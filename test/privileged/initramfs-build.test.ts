@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 const isRoot = process.getuid?.() === 0;
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const distReady = ['mos-init.mjs', 'mosctl.mjs', 'mos_native.node'].every((file) => existsSync(path.join(root, 'dist', file)));
+const distReady = ['mos-init.cjs', 'mosctl.mjs', 'mos_native.node'].every((file) => existsSync(path.join(root, 'dist', file)));
 
 interface CpioEntry {
   name: string;
@@ -94,7 +94,7 @@ describe.skipIf(!isRoot || !distReady)('initramfs build (root)', () => {
       'usr/bin/crun',
       'usr/sbin/ip',
       'usr/sbin/nft',
-      'usr/lib/mos/mos-init.mjs',
+      'usr/lib/mos/mos-init.cjs',
       'usr/lib/mos/mos_native.node',
       'usr/lib/mos/mosctl.mjs',
       'usr/lib/mos/demo/db.mjs',
@@ -120,7 +120,8 @@ describe.skipIf(!isRoot || !distReady)('initramfs build (root)', () => {
     // The test variant's services add one that fails on purpose (vm-tests case 03).
     expect(byName.get('etc/mos/services.yaml')!.data.toString()).toMatch(/name: flaky/);
     expect(byName.has('usr/lib/mos/demo/flaky.mjs')).toBe(true);
-    expect(byName.get('init')!.data.toString()).toMatch(/^#!\/usr\/bin\/node\n[\s\S]*import\('\/usr\/lib\/mos\/mos-init\.mjs'\)/);
+    expect(byName.get('init')!.data.toString()).toMatch(/^#!\/usr\/bin\/node\n[\s\S]*require\('\/usr\/lib\/mos\/mos-init\.cjs'\)/);
+    expect(byName.has('usr/lib/mos/mos-yaml.cjs')).toBe(true);
   });
 
   it('fixes owner, mtime and order whatever the host had', () => {

@@ -24,7 +24,7 @@ import { NamespacePid1, testBundle } from '../helpers/namespace-pid1.ts';
 import { startSwtpm, swtpmUnavailableReason, type Swtpm } from '../helpers/swtpm.ts';
 
 const run = promisify(execFile);
-const unavailable = swtpmUnavailableReason() ?? (existsSync(testBundle) ? null : 'dist/mos-init-test.mjs is not built (npm run build)');
+const unavailable = swtpmUnavailableReason() ?? (existsSync(testBundle) ? null : 'dist/mos-init-test.cjs is not built (npm run build)');
 const NV_INDEX = '0x01806d6f';
 const sha256Hex = (fill: number) => Buffer.alloc(32, fill).toString('hex');
 const fingerprint = (spki: Buffer) => `sha256:${createHash('sha256').update(spki).digest('hex').slice(0, 16)}`;

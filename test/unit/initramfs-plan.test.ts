@@ -22,8 +22,8 @@ import {
 
 describe('cpio file list', () => {
   it('adds parents, drops duplicates and sorts bytewise with each directory before its contents', () => {
-    const list = planCpioList(['usr/lib/mos/mos-init.mjs', './init', '/usr/bin/node', 'usr/lib-x/a', 'usr/lib/mos/', 'init', 'Z']);
-    expect(list).toEqual(['Z', 'init', 'usr', 'usr/bin', 'usr/bin/node', 'usr/lib', 'usr/lib-x', 'usr/lib-x/a', 'usr/lib/mos', 'usr/lib/mos/mos-init.mjs']);
+    const list = planCpioList(['usr/lib/mos/mos-init.cjs', './init', '/usr/bin/node', 'usr/lib-x/a', 'usr/lib/mos/', 'init', 'Z']);
+    expect(list).toEqual(['Z', 'init', 'usr', 'usr/bin', 'usr/bin/node', 'usr/lib', 'usr/lib-x', 'usr/lib-x/a', 'usr/lib/mos', 'usr/lib/mos/mos-init.cjs']);
     for (const [index, entry] of list.entries()) {
       const parent = entry.split('/').slice(0, -1).join('/');
       if (parent) expect(list.indexOf(parent)).toBeLessThan(index);
