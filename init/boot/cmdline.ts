@@ -59,6 +59,11 @@ export interface MosCmdline {
   store: string | null;
   /** `mos.manifest_tag=<tag>`: the install artifact's tag in the layout (default `latest`). */
   manifestTag: string;
+  /**
+   * `mos.product=<id>`: the product this machine is (install.json's `product`, the UUID in the
+   * signing certificate's CN). Null: any product the manifest CA signed for is accepted.
+   */
+  product: string | null;
   /** `mos.tpm=<tcti>`: the TPM to read the trust root from (default `device:/dev/tpmrm0`). */
   tpm: string;
   /** `mos.trust_pcrs=7,11`: the PCRs the trust root's read policy is over (default 7,11). */
@@ -105,7 +110,12 @@ export function readMosCmdline(cmdline: Map<string, string>): MosCmdline {
   if (timeout !== null && timeoutMs === null) invalid.push({ key: 'mos.shutdown_timeout', reason: `expected milliseconds, not ${JSON.stringify(timeout)}` });
 
   const store = get('mos.store');
-  if (store !== null && store !== '' && !store.startsWith('/')) invalid.push({ key: 'mos.store', reason: `expected an absolute path, not ${JSON.stringify(store)}` });
+  // An empty value must not quietly switch verification off.
+  if (store !== null && !store.startsWith('/')) invalid.push({ key: 'mos.store', reason: `expected an absolute path, not ${JSON.stringify(store)}` });
+  const product = get('mos.product');
+  if (product !== null && !/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(product)) {
+    invalid.push({ key: 'mos.product', reason: `expected a product id, not ${JSON.stringify(product)}` });
+  }
   const tag = get('mos.manifest_tag');
   if (tag === '') invalid.push({ key: 'mos.manifest_tag', reason: 'empty tag' });
   const tpm = get('mos.tpm');
@@ -127,6 +137,7 @@ export function readMosCmdline(cmdline: Map<string, string>): MosCmdline {
     shutdownTimeoutMs: timeoutMs,
     store: store !== null && store !== '' && store.startsWith('/') ? store : null,
     manifestTag: tag || CMDLINE_DEFAULTS.manifestTag,
+    product: product !== null && product !== '' ? product : null,
     tpm: tpm !== null && TCTI_PATTERN.test(tpm) ? tpm : CMDLINE_DEFAULTS.tpm,
     trustPcrs: Array.isArray(pcrs) ? pcrs : [...CMDLINE_DEFAULTS.trustPcrs],
     invalid,

@@ -228,6 +228,7 @@ export function runPid1(options: Pid1Options): Pid1Handle {
   const trustConfig = (): TrustConfigInput => ({
     store: cmdline.store,
     manifestTag: cmdline.manifestTag,
+    product: cmdline.product,
     tpm: cmdline.tpm,
     trustPcrs: cmdline.trustPcrs,
     invalid: cmdline.invalid,

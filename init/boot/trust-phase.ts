@@ -31,7 +31,8 @@ import { verifyInstallLayout, type VerifiedInstall } from '../trust/verify-insta
 export const STORE_FILESYSTEMS = [
   { fstype: 'squashfs', data: '' },
   // noload: no journal replay, so a read-only mount writes nothing to the device either.
-  { fstype: 'ext4', data: 'noload' },
+  // errors=continue: a crafted superblock asking for errors=panic must not panic the kernel.
+  { fstype: 'ext4', data: 'noload,errors=continue' },
 ] as const;
 const STORE_MOUNT_FLAGS = MountFlags.RDONLY | MountFlags.NOSUID | MountFlags.NODEV | MountFlags.NOEXEC;
 

@@ -66,6 +66,8 @@ export function failure(code: TrustFailureCode, message: string): Failure {
 export interface TrustConfigInput {
   store: string | null;
   manifestTag: string;
+  /** `mos.product=`: the product this machine is; null accepts any the CA signed for. */
+  product?: string | null;
   tpm: string;
   trustPcrs: readonly number[];
   /** Unreadable `mos.*` values (`MosCmdline.invalid`). */
@@ -180,7 +182,7 @@ export type TrustStep =
 export const NO_STORE_REASON = 'no manifest store configured';
 
 /** The command-line keys the trust phase reads: an unreadable one fails the phase. */
-export const TRUST_KEYS: readonly string[] = ['mos.store', 'mos.manifest_tag', 'mos.tpm', 'mos.trust_pcrs'];
+export const TRUST_KEYS: readonly string[] = ['mos.store', 'mos.manifest_tag', 'mos.product', 'mos.tpm', 'mos.trust_pcrs'];
 
 /** Read-root failures that mean "nothing (complete) there yet": provisioning may fill them. */
 const PROVISIONABLE = new Set(['E_TRUST_ROOT_NOT_PROVISIONED', 'E_TRUST_ROOT_NOT_LOCKED']);
@@ -248,9 +250,13 @@ export function nextTrustStep(facts: TrustFacts): TrustStep {
   if (!facts.store.ok) return fail(facts.store.code, facts.store.message);
   if (facts.verify === undefined) return { op: 'verify', root, dir: facts.store.dir, tag: config.manifestTag, say: [] };
   if (!facts.verify.ok) return fail(facts.verify.code, facts.verify.message);
+  const summary = facts.verify.summary;
+  // The certificate binds install.json to a product; this binds the product to the machine.
+  if (config.product != null && summary.product !== config.product) {
+    return fail('E_PRODUCT_MISMATCH', `install ${summary.install} is for product ${summary.product}, but this machine is product ${config.product} (mos.product)`);
+  }
 
   // 3. verified.
-  const summary = facts.verify.summary;
   return {
     op: 'done',
     state: {

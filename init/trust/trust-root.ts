@@ -86,6 +86,16 @@ export function parseTrustRoot(spki: Buffer): KeyObject | TrustRootError {
     if (!key.export({ format: 'der', type: 'spki' }).equals(spki)) {
       return new TrustRootError('E_TRUST_ROOT_INVALID', 'trust root is not a canonical DER SubjectPublicKeyInfo');
     }
+    // The CA key must be one the verifier accepts as an issuer, and strong: no RSA-1024 root.
+    const details = key.asymmetricKeyDetails ?? {};
+    const strong =
+      (key.asymmetricKeyType === 'ec' && ['prime256v1', 'secp384r1', 'secp521r1'].includes(details.namedCurve ?? '')) ||
+      (key.asymmetricKeyType === 'rsa' && (details.modulusLength ?? 0) >= 2048) ||
+      key.asymmetricKeyType === 'ed25519';
+    if (!strong) {
+      const what = key.asymmetricKeyType === 'rsa' ? `RSA-${details.modulusLength}` : `${key.asymmetricKeyType} ${details.namedCurve ?? ''}`.trim();
+      return new TrustRootError('E_TRUST_ROOT_INVALID', `trust root is a ${what} key; expected EC P-256/P-384/P-521, RSA >= 2048 or Ed25519`);
+    }
     return key;
   } catch (cause) {
     return new TrustRootError('E_TRUST_ROOT_INVALID', `trust root is not a DER SubjectPublicKeyInfo: ${(cause as Error).message}`, { cause });

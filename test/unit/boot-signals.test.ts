@@ -59,6 +59,7 @@ describe('the kernel command line', () => {
       shutdownTimeoutMs: 5000,
       store: null,
       manifestTag: 'latest',
+      product: null,
       tpm: 'device:/dev/tpmrm0',
       trustPcrs: [7, 11],
       invalid: [],

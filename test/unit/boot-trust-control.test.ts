@@ -31,8 +31,8 @@ describe('trust keys on the kernel command line', () => {
       invalid: [],
     });
     expect(mos('mos.store=/srv/store mos.tpm=device:/dev/tpm0')).toMatchObject({ store: '/srv/store', tpm: 'device:/dev/tpm0' });
-    // An empty store is none (and not an error).
-    expect(mos('mos.store=')).toMatchObject({ store: null, invalid: [] });
+    // An empty store is an error: a key written without its value must not switch verification off.
+    expect(mos('mos.store=')).toMatchObject({ store: null, invalid: [{ key: 'mos.store' }] });
   });
 
   it('records unreadable values instead of guessing (the trust phase refuses them)', () => {

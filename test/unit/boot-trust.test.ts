@@ -1,3 +1,4 @@
+import { parseCmdline, readMosCmdline } from '../../init/boot/cmdline.ts';
 /**
  * The trust phase's decisions (init/trust/boot-trust.ts): every path from the command line's
  * trust keys, the embedded CA and the outcomes of the TPM, the store and the verifier to the
@@ -107,6 +108,25 @@ describe('nextTrustStep', () => {
       say: [`mos: trust: verified install ${INSTALL} (product ${SUMMARY.product}, 3 targets)`],
       emergency: null,
     });
+  });
+
+  it('mos.product binds the verified install to this machine: another product is refused', () => {
+    const read = { ok: true as const, spki: ROOT };
+    const verified = { read, store, verify: { ok: true as const, summary: SUMMARY } };
+    const refused = nextTrustStep({ ...facts(verified), config: config({ product: 'another-product' }) });
+    expect(refused).toMatchObject({ op: 'done', state: { state: 'failed', code: 'E_PRODUCT_MISMATCH' } });
+    expect(JSON.stringify(refused)).toContain(`is for product ${SUMMARY.product}, but this machine is product another-product`);
+    expect(nextTrustStep({ ...facts(verified), config: config({ product: SUMMARY.product }) })).toMatchObject({ op: 'done' });
+  });
+
+  it('an empty mos.store= or a malformed mos.product= fails closed instead of switching verification off', () => {
+    const fromCmdline = (text: string) => {
+      const mos = readMosCmdline(parseCmdline(text));
+      return nextTrustStep({ ...facts(), config: config({ store: mos.store, product: mos.product, invalid: mos.invalid }) });
+    };
+    expect(fromCmdline('mos.store=')).toMatchObject({ state: { state: 'failed', code: 'E_TRUST_CONFIG' } });
+    expect(fromCmdline('mos.store=/dev/vdb mos.product=../x')).toMatchObject({ state: { state: 'failed', code: 'E_TRUST_CONFIG' } });
+    expect(readMosCmdline(parseCmdline('mos.product=0b1c2d3e-0000-4000-8000-000000000001')).product).toBe('0b1c2d3e-0000-4000-8000-000000000001');
   });
 
   it('the root read from the TPM is the one used, whatever the image embeds', () => {

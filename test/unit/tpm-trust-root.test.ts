@@ -113,6 +113,9 @@ describe('planProvision', () => {
     expect(refusal(planProvision(facts({ wantedRoot: Buffer.from('not a key') })))).toBe('E_TRUST_ROOT_INVALID');
     expect(refusal(planProvision(facts({ wantedRoot: Buffer.concat([ROOT, Buffer.from([0])]) })))).toBe('E_TRUST_ROOT_INVALID');
     expect(refusal(planProvision(facts({ wantedRoot: Buffer.alloc(0) })))).toBe('E_TRUST_ROOT_INVALID');
+    // A weak key is no trust root either.
+    const rsa1024 = generateKeyPairSync('rsa', { modulusLength: 1024 }).publicKey.export({ type: 'spki', format: 'der' });
+    expect(refusal(planProvision(facts({ wantedRoot: rsa1024 })))).toBe('E_TRUST_ROOT_INVALID');
   });
 });
 
