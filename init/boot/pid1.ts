@@ -340,6 +340,13 @@ export function runPid1(options: Pid1Options): Pid1Handle {
         const result = await withTpm(() => provisionTrustRoot(native, plan.tcti, { root: plan.root, pcrs: plan.pcrs, reset: request.reset === true }));
         log.info({ root: fingerprint, status: result.status, steps: result.steps, reason: result.reason }, `trust: provision: ${result.reason}`);
         if (result.status === 'provisioned') say(provisionedLine(plan.root, result.index, plan.pcrs));
+        if (result.status === 'already-provisioned' && request.reset !== true) {
+          // Provisioning twice is an error the operator should see (issue 4), not a silent no-op.
+          throw new ControlError(
+            'E_ALREADY_PROVISIONED',
+            `TPM NV ${formatNvIndex(result.index)} already holds this trust root (${fingerprint}, PCRs ${plan.pcrs.join(',')}); nothing written (--reset provisions it again)`,
+          );
+        }
         return {
           status: result.status,
           nvIndex: formatNvIndex(result.index),

@@ -178,14 +178,17 @@ describe.skipIf(unavailable !== null)(`trust phase in a PID namespace${unavailab
     expect((await second.info()).trust).toMatchObject({ state: 'verified', provisioned: false, root: fingerprint(fx.caSpkiDer) });
   });
 
-  it('mosctl provision: the same CA is a no-op, another is refused without --reset, replaced with it', async () => {
+  it('mosctl provision: the same CA again and another CA are refused without --reset; --reset replaces it', async () => {
     const { store, fx } = await makeStore('store');
     const mos = await boot(store, fx.caCertPath);
     expect(await mos.booted()).toBe('ready');
 
-    // The embedded CA again: already there, exit 0.
+    // The embedded CA again: provisioning twice is refused with E_ALREADY_PROVISIONED, exit 1.
     const again = await mos.mosctl('provision');
-    expect(again).toMatchObject({ code: 0, stdout: `TPM NV ${NV_INDEX} (PCRs 7,11) already holds the embedded manifest CA ${fingerprint(fx.caSpkiDer)}; nothing to do\n` });
+    expect(again.code).toBe(1);
+    expect(again.stderr).toBe(
+      `mosctl: TPM NV ${NV_INDEX} already holds this trust root (${fingerprint(fx.caSpkiDer)}, PCRs 7,11); nothing written (--reset provisions it again)\n`,
+    );
 
     // Another CA: refused with E_DIFFERENT_ROOT, exit 1, the TPM unchanged.
     const other = await makeKeysetFixture({ dir: path.join(work, 'other'), keyset: 'other' });
