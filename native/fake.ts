@@ -115,6 +115,12 @@ export class FakeNative implements Native {
   killAllResult = false;
 
   private nextPid = 1000;
+  private reusedPid: number | undefined;
+
+  /** Test helper: the next spawn gets `pid`, as the kernel may hand out a freed pid again. */
+  reusePidNext(pid: number): void {
+    this.reusedPid = pid;
+  }
   private nextFd = 100;
 
   spawn(options: SpawnOptions): number {
@@ -122,7 +128,8 @@ export class FakeNative implements Native {
     this.failNextSpawn = undefined;
     if (failure?.stage === 'clone') throw createNativeError('clone', failure.code);
 
-    const pid = this.nextPid++;
+    const pid = this.reusedPid ?? this.nextPid++;
+    this.reusedPid = undefined;
     this.spawned.push({ pid, options });
     if (failure) {
       // Like the real child: it ran up to the failed step, exited with 127 and awaits reaping.
@@ -147,8 +154,59 @@ export class FakeNative implements Native {
     return this.living.has(pid);
   }
 
+  /** Armed respawns by pid (`armRespawn`), as the addon keeps them. */
+  readonly armedRespawns = new Map<number, { options: SpawnOptions; readinessChildFd?: number }>();
+
   reap(): ChildExit[] {
-    return this.pendingExits.splice(0);
+    const exits = this.pendingExits.splice(0);
+    for (const exit of exits) {
+      const armed = this.armedRespawns.get(exit.pid);
+      if (!armed) continue;
+      this.armedRespawns.delete(exit.pid);
+      let readiness: [number, number] | undefined;
+      const fds = [...armed.options.fds];
+      if (armed.readinessChildFd !== undefined) {
+        readiness = this.pipe();
+        fds.push({ child: armed.readinessChildFd, parent: readiness[1] });
+      }
+      try {
+        const pid = this.spawn({ ...armed.options, fds });
+        exit.respawn = { pid, readinessFd: readiness ? readiness[0] : null };
+      } catch (error) {
+        if (readiness) this.close(readiness[0]);
+        exit.respawn = { error: error as NativeError };
+      } finally {
+        if (readiness) this.close(readiness[1]);
+      }
+    }
+    return exits;
+  }
+
+  armRespawn(pid: number, options: SpawnOptions, readinessChildFd?: number): void {
+    if (readinessChildFd !== undefined && options.fds.some((fd) => fd.child === readinessChildFd)) {
+      throw new TypeError(`readinessChildFd ${readinessChildFd} is already mapped in options.fds`);
+    }
+    this.armedRespawns.set(pid, { options, ...(readinessChildFd === undefined ? {} : { readinessChildFd }) });
+  }
+
+  disarmRespawn(pid: number): boolean {
+    return this.armedRespawns.delete(pid);
+  }
+
+  /** The `watchChildren` callbacks; `deliverChildExits()` runs them as a SIGCHLD would. */
+  readonly childWatchers = new Set<(exits: ChildExit[], error: NativeError | null) => void>();
+
+  watchChildren(onExits: (exits: ChildExit[], error: NativeError | null) => void): SignalWatch {
+    const entry = (exits: ChildExit[], error: NativeError | null) => onExits(exits, error);
+    this.childWatchers.add(entry);
+    return { signum: 17, close: () => void this.childWatchers.delete(entry) };
+  }
+
+  /** Test helper: a SIGCHLD arrives: reap, then hand the exits to every `watchChildren` callback. */
+  deliverChildExits(): void {
+    const exits = this.reap();
+    if (exits.length === 0) return;
+    for (const watcher of [...this.childWatchers]) watcher(exits, null);
   }
 
   kill(pid: number, signal: string): boolean {
@@ -289,6 +347,13 @@ export class FakeNative implements Native {
     this.signalNumber(signal);
     this.killAllSignals.push(signal);
     return this.killAllResult;
+  }
+
+  /** How often `yieldCpu` was called. */
+  yields = 0;
+
+  yieldCpu(): void {
+    this.yields++;
   }
 
   /** Every setV8Flags call, in order. */

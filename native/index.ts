@@ -43,6 +43,10 @@ const CORE_METHODS = [
   'killAll',
   'signalNumber',
   'setV8Flags',
+  'yieldCpu',
+  'armRespawn',
+  'disarmRespawn',
+  'watchChildren',
 ] as const satisfies readonly (keyof Native)[];
 
 /** The methods of mos_tpm.node. */

@@ -53,7 +53,16 @@ export interface ChildExit {
   signal: string | null;
   /** Whether a core was dumped. */
   core: boolean;
+  /** The run an armed respawn (`armRespawn`) started for this pid, right after reaping it. */
+  respawn?: Respawn;
 }
+
+/**
+ * An armed respawn's outcome: the new run (with the read end of its fresh readiness pipe when
+ * one was asked for), or the spawn error (shaped as `spawn` throws it: `syscall` is the failed
+ * stage, `pid` the dead child when it got that far).
+ */
+export type Respawn = { pid: number; readinessFd: number | null } | { error: NativeError };
 
 export interface Credentials {
   pid: number;
@@ -107,12 +116,34 @@ export interface Native {
    * the failed stage and `pid` set to the (dead, not yet reaped) child.
    */
   spawn(options: SpawnOptions): number;
+  /**
+   * sched_yield(): lets a task waiting for this CPU run before the caller goes on. A child that
+   * has just exec'd is often queued on the supervisor's own CPU behind it (the vfork wake-up
+   * puts the parent back on the child's CPU, where it preempts the child).
+   */
+  yieldCpu(): void;
 
   /**
    * Reaps every child that has exited (waitpid(-1, WNOHANG) until none is left). The one place
    * that waits: call it on SIGCHLD. Returns [] when there was nothing to reap.
    */
   reap(): ChildExit[];
+  /**
+   * Arms a respawn: when `pid` is next reaped (by `reap` or `watchChildren`), `options` are
+   * spawned at once, before control returns to JavaScript, and the exit carries the outcome
+   * (`respawn`). One-shot; arming a pid again replaces its plan. With `readinessChildFd`, a fresh
+   * pipe is made for the new run and its write end becomes that child fd. Arguments are checked
+   * here, as `spawn` checks them. The caller decides when a run may start without it.
+   */
+  armRespawn(pid: number, options: SpawnOptions, readinessChildFd?: number): void;
+  /** Drops the armed respawn of `pid`; true when there was one. */
+  disarmRespawn(pid: number): boolean;
+  /**
+   * Watches SIGCHLD and reaps in the signal's event-loop callback itself, before any JavaScript
+   * (armed respawns included), then calls `onExits` with what it collected and, when a waitpid
+   * failed after those, its error. Not called when nothing had exited. Must not throw.
+   */
+  watchChildren(onExits: (exits: ChildExit[], error: NativeError | null) => void): SignalWatch;
 
   /** kill(2) of one process; false (no throw) when it no longer exists (ESRCH). */
   kill(pid: number, signal: string): boolean;

@@ -25,6 +25,7 @@
 #include "addon.h"
 #include "args.h"
 #include "errors.h"
+#include "reap.h"
 #include "signals.h"
 
 #ifndef MODULE_INIT_COMPRESSED_FILE
@@ -154,6 +155,8 @@ struct SignalWatch {
   SignalRegistry* registry;
   Holder* holder;
   Napi::FunctionReference onSignal;
+  // watchChildren: reap (and run armed respawns) before any JavaScript, then hand over the exits.
+  bool reapFirst = false;
 };
 
 void FinishSignalTeardownIfDone(SignalRegistry* registry) {
@@ -193,9 +196,20 @@ void OnSignalTeardown(napi_async_cleanup_hook_handle hook, void* data) {
 
 void OnSignal(uv_signal_t* handle, int signum) {
   auto* watch = static_cast<SignalWatch*>(handle->data);
+  std::vector<ExitRecord> exits;
+  int failure = 0;
+  if (watch->reapFirst) {
+    failure = ReapExits(&exits);
+    if (exits.empty() && failure == 0) return;  // nothing exited (several SIGCHLDs, one reap)
+  }
   Napi::Env env(watch->env);
   Napi::HandleScope scope(env);
   try {
+    if (watch->reapFirst) {
+      Napi::Value error = failure == 0 ? env.Null() : NativeError(env, "waitpid", failure).Value();
+      watch->onSignal.MakeCallback(env.Global(), {ExitsToJs(env, exits), error});
+      return;
+    }
     watch->onSignal.MakeCallback(env.Global(), {Napi::Number::New(env, signum)});
   } catch (const Napi::Error& error) {
     // The callback must not throw (types.ts); if it does, surface it as an uncaughtException.
@@ -214,10 +228,9 @@ void FinalizeHolder(Napi::Env env, Holder* holder) {
   delete holder;
 }
 
-Napi::Value WatchSignal(const Napi::CallbackInfo& info) {
+Napi::Value StartSignalWatch(const Napi::CallbackInfo& info, int signum, Napi::Value callback,
+                             bool reapFirst) {
   Napi::Env env = info.Env();
-  int signum = static_cast<int>(RequireInteger(info[0], "signum", 1, _NSIG - 1));
-  if (!info[1].IsFunction()) ThrowTypeError(env, "onSignal must be a function");
   auto* registry = static_cast<SignalRegistry*>(info.Data());
 
   uv_loop_t* loop = nullptr;
@@ -229,13 +242,14 @@ Napi::Value WatchSignal(const Napi::CallbackInfo& info) {
   watch->env = env;
   watch->registry = registry;
   watch->holder = nullptr;
+  watch->reapFirst = reapFirst;
   int result = uv_signal_init(loop, &watch->handle);
   if (result != 0) {
     delete watch;
     ThrowNativeError(env, "uv_signal_init", -result);
   }
   watch->handle.data = watch;
-  watch->onSignal = Napi::Persistent(info[1].As<Napi::Function>());
+  watch->onSignal = Napi::Persistent(callback.As<Napi::Function>());
   registry->open.insert(watch);
   result = uv_signal_start(&watch->handle, OnSignal, signum);
   if (result != 0) {
@@ -250,6 +264,18 @@ Napi::Value WatchSignal(const Napi::CallbackInfo& info) {
   handle.Set("close", Napi::Function::New(env, CloseSignalHandle, "close", holder));
   handle.AddFinalizer(FinalizeHolder, holder);
   return handle;
+}
+
+Napi::Value WatchSignal(const Napi::CallbackInfo& info) {
+  int signum = static_cast<int>(RequireInteger(info[0], "signum", 1, _NSIG - 1));
+  if (!info[1].IsFunction()) ThrowTypeError(info.Env(), "onSignal must be a function");
+  return StartSignalWatch(info, signum, info[1], false);
+}
+
+// watchChildren(onExits): SIGCHLD, reaped in C (armed respawns included) before the callback.
+Napi::Value WatchChildren(const Napi::CallbackInfo& info) {
+  if (!info[0].IsFunction()) ThrowTypeError(info.Env(), "onExits must be a function");
+  return StartSignalWatch(info, SIGCHLD, info[0], true);
 }
 
 // ── plain syscalls ─────────────────────────────────────────────────────────────────────────
@@ -319,6 +345,7 @@ void RegisterBoot(Napi::Env env, Napi::Object exports) {
   exports.Set("loadModule", Napi::Function::New(env, LoadModule, "loadModule"));
   exports.Set("sync", Napi::Function::New(env, Sync, "sync"));
   exports.Set("watchSignal", Napi::Function::New(env, WatchSignal, "watchSignal", registry));
+  exports.Set("watchChildren", Napi::Function::New(env, WatchChildren, "watchChildren", registry));
   exports.Set("setCtrlAltDelSignal",
               Napi::Function::New(env, SetCtrlAltDelSignal, "setCtrlAltDelSignal"));
   exports.Set("bootTimeMs", Napi::Function::New(env, BootTimeMs, "bootTimeMs"));

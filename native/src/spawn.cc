@@ -25,6 +25,7 @@
 #include "addon.h"
 #include "args.h"
 #include "errors.h"
+#include "spawn.h"
 
 #ifndef SYS_close_range
 #define SYS_close_range 436
@@ -79,40 +80,6 @@ const char* StageName(int stage) {
     default: return "clone";
   }
 }
-
-// Everything the child needs, built before the clone. The child writes only `scratchFds`, the
-// pid slots inside `envStrings`, and `failedStage`/`failedErrno`.
-struct SpawnPlan {
-  std::string file;
-  std::vector<std::string> argvStrings;
-  std::vector<std::string> envStrings;
-  std::vector<char*> argv;  // NULL-terminated views of the strings above
-  std::vector<char*> envp;
-
-  bool changeDirectory = false;
-  std::string cwd;
-
-  std::vector<int> childFds;
-  std::vector<int> parentFds;
-  std::vector<int> scratchFds;  // where the child parks each parent fd before the final dup2
-  int scratchFdFloor = 0;       // above every child fd, so parking never lands on a target
-
-  bool newSession = false;
-  bool setGroups = false;
-  std::vector<gid_t> groups;
-  bool setGid = false;
-  gid_t gid = 0;
-  bool setUid = false;
-  uid_t uid = 0;
-
-  std::vector<char*> pidSlots;  // the value part of each pidEnv variable, filled by the child
-
-  // Written by the child just before _exit(127). The parent reads them only after clone has
-  // returned, which CLONE_VFORK orders after the child's exit; volatile keeps the compiler from
-  // assuming the call left them untouched.
-  volatile int failedStage = kStageNone;
-  volatile int failedErrno = 0;
-};
 
 // ---- child side: async-signal-safe only ------------------------------------------------------
 
@@ -301,7 +268,9 @@ void ParseEnvironment(Napi::Value envValue, Napi::Value pidEnvValue, SpawnPlan* 
   }
 }
 
-void ParseOptions(Napi::Env env, Napi::Value value, SpawnPlan* plan) {
+}  // namespace
+
+void ParseSpawnOptions(Napi::Env env, Napi::Value value, SpawnPlan* plan) {
   Napi::Object options = RequireObject(value, "options");
 
   plan->file = RequireString(options.Get("file"), "options.file");
@@ -345,20 +314,48 @@ void ParseOptions(Napi::Env env, Napi::Value value, SpawnPlan* plan) {
   }
 }
 
-Napi::Value Spawn(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  SpawnPlan plan;
-  ParseOptions(env, info[0], &plan);
+bool AddFdMapping(SpawnPlan* plan, int child, int parent) {
+  if (std::find(plan->childFds.begin(), plan->childFds.end(), child) != plan->childFds.end()) {
+    return false;
+  }
+  plan->childFds.push_back(child);
+  plan->parentFds.push_back(parent);
+  plan->scratchFds.push_back(-1);
+  plan->scratchFdFloor = std::max(plan->scratchFdFloor, child + 1);
+  return true;
+}
 
-  // Our own stack for the child, as posix_spawn does: the child must not run on (and scribble
-  // over) the stack of the suspended parent thread. The lowest page is a guard.
+namespace {
+
+// The child's stack, as posix_spawn has one: the child must not run on (and scribble over) the
+// stack of the suspended parent thread. Mapped once per thread and kept: a map and unmap per
+// spawn cost page faults in the child and a TLB shoot-down across Node's threads on the unmap.
+// The lowest page is a guard. CLONE_VFORK keeps one child at a time on it per thread.
+char* ChildStackTop() {
+  static thread_local char* top = nullptr;
+  if (top != nullptr) return top;
   size_t pageBytes = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   size_t mappingBytes = kChildStackBytes + pageBytes;
   void* stack = mmap(nullptr, mappingBytes, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-  if (stack == MAP_FAILED) ThrowNativeError(env, "clone", errno);
+  if (stack == MAP_FAILED) return nullptr;
   mprotect(stack, pageBytes, PROT_NONE);
-  char* stackTop = static_cast<char*>(stack) + mappingBytes;
+  top = static_cast<char*>(stack) + mappingBytes;
+  return top;
+}
+
+}  // namespace
+
+SpawnOutcome RunSpawnPlan(SpawnPlan* plan) {
+  SpawnOutcome outcome;
+  char* stackTop = ChildStackTop();
+  if (stackTop == nullptr) {
+    outcome.syscall = "clone";
+    outcome.error = errno;
+    return outcome;
+  }
+  plan->failedStage = kStageNone;
+  plan->failedErrno = 0;
 
   // Block every signal, glibc's internal ones too (hence raw syscall, not pthread_sigmask), so
   // that no handler of ours runs in the child before it has reset the dispositions.
@@ -368,32 +365,54 @@ Napi::Value Spawn(const Napi::CallbackInfo& info) {
   sigemptyset(&previousMask);
   syscall(SYS_rt_sigprocmask, SIG_SETMASK, &everySignal, &previousMask, kKernelSigsetBytes);
 
-  pid_t pid = clone(RunChild, stackTop, CLONE_VM | CLONE_VFORK | SIGCHLD, &plan);
+  pid_t pid = clone(RunChild, stackTop, CLONE_VM | CLONE_VFORK | SIGCHLD, plan);
   int cloneErrno = errno;
 
   syscall(SYS_rt_sigprocmask, SIG_SETMASK, &previousMask, nullptr, kKernelSigsetBytes);
-  // The child has exec'd (new address space) or exited: nothing runs on this stack any more.
-  munmap(stack, mappingBytes);
 
-  if (pid < 0) ThrowNativeError(env, "clone", cloneErrno);
-
-  if (plan.failedStage != kStageNone) {
+  if (pid < 0) {
+    outcome.syscall = "clone";
+    outcome.error = cloneErrno;
+    return outcome;
+  }
+  outcome.pid = pid;
+  if (plan->failedStage != kStageNone) {
     // The child is a zombie now; the reaper collects it (exit code 127) like any other child.
-    int stage = plan.failedStage;
-    const char* subject = nullptr;
-    if (stage == kStageExecve) subject = plan.file.c_str();
-    if (stage == kStageChdir) subject = plan.cwd.c_str();
-    Napi::Error error = NativeError(env, StageName(stage), plan.failedErrno, subject);
-    error.Value().Set("pid", Napi::Number::New(env, pid));
+    int stage = plan->failedStage;
+    outcome.syscall = StageName(stage);
+    outcome.error = plan->failedErrno;
+    if (stage == kStageExecve) outcome.subject = plan->file.c_str();
+    if (stage == kStageChdir) outcome.subject = plan->cwd.c_str();
+  }
+  return outcome;
+}
+
+namespace {
+
+Napi::Value Spawn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  SpawnPlan plan;
+  ParseSpawnOptions(env, info[0], &plan);
+  SpawnOutcome outcome = RunSpawnPlan(&plan);
+  if (outcome.error != 0) {
+    Napi::Error error = NativeError(env, outcome.syscall, outcome.error, outcome.subject);
+    if (outcome.pid > 0) error.Value().Set("pid", Napi::Number::New(env, outcome.pid));
     throw error;
   }
-  return Napi::Number::New(env, pid);
+  return Napi::Number::New(env, outcome.pid);
+}
+
+// sched_yield cannot fail on Linux; there is nothing to report.
+Napi::Value YieldCpu(const Napi::CallbackInfo& info) {
+  sched_yield();
+  return info.Env().Undefined();
 }
 
 }  // namespace
 
 void RegisterSpawn(Napi::Env env, Napi::Object exports) {
   exports.Set("spawn", Napi::Function::New(env, Spawn, "spawn"));
+  exports.Set("yieldCpu", Napi::Function::New(env, YieldCpu, "yieldCpu"));
 }
 
 }  // namespace mos

@@ -337,6 +337,87 @@ describe.skipIf(!isRoot)('native addon (root)', () => {
     expect(after).toBe(before);
   });
 
+  describe('armed respawns', () => {
+    /** A child that lives until `release()` closes the pipe it waits on (it cannot exit before arming). */
+    function heldChild(): { pid: number; release: () => void } {
+      const [readFd, writeFd] = native.pipe();
+      const pid = native.spawn({ file: '/bin/sh', argv: ['sh', '-c', 'read line; exit 4'], env: ENV, fds: [{ child: 0, parent: readFd }] });
+      native.close(readFd);
+      return { pid, release: () => native.close(writeFd) };
+    }
+
+    it('spawns the armed run when the pid is reaped, with a fresh readiness pipe', async () => {
+      const held = heldChild();
+      native.armRespawn(
+        held.pid,
+        { file: '/bin/sh', argv: ['sh', '-c', 'echo "ready $MARK" >&5; exit 0'], env: [...ENV, 'MARK=second'], fds: [], setsid: true },
+        5,
+      );
+      held.release();
+      const exit = await waitForExit(held.pid);
+      expect(exit).toMatchObject({ pid: held.pid, code: 4, signal: null });
+      const respawn = exit.respawn as { pid: number; readinessFd: number };
+      expect(respawn.pid).toBeGreaterThan(0);
+      expect(respawn.readinessFd).toBeGreaterThan(2);
+      expect(await readFirstLine(respawn.readinessFd)).toBe('ready second');
+      // One-shot: the new run's own exit respawns nothing.
+      const second = await waitForExit(respawn.pid);
+      expect(second).toEqual({ pid: respawn.pid, code: 0, signal: null, core: false });
+    });
+
+    it('runs nothing once disarmed', async () => {
+      const held = heldChild();
+      native.armRespawn(held.pid, { file: '/bin/true', argv: ['true'], env: ENV, fds: [] });
+      expect(native.disarmRespawn(held.pid)).toBe(true);
+      expect(native.disarmRespawn(held.pid)).toBe(false);
+      held.release();
+      const exit = await waitForExit(held.pid);
+      expect(exit.respawn).toBeUndefined();
+    });
+
+    it('reports a respawn that could not exec as the spawn error, with the dead child', async () => {
+      const held = heldChild();
+      native.armRespawn(held.pid, { file: '/nonexistent/program', argv: ['program'], env: ENV, fds: [] });
+      held.release();
+      const exit = await waitForExit(held.pid);
+      const { error } = exit.respawn as { error: NativeError & { pid: number } };
+      expect(error.message).toBe('execve ENOENT /nonexistent/program');
+      expect(error.syscall).toBe('execve');
+      expect((await waitForExit(error.pid)).code).toBe(127);
+    });
+
+    it('checks the plan when it is armed', () => {
+      expect(() => native.armRespawn(1234567, { file: '/bin/true', argv: ['true'], env: ENV, fds: [{ child: 5, parent: devNull }] }, 5)).toThrow(
+        'readinessChildFd 5 is already mapped in options.fds',
+      );
+      expect(() => native.armRespawn(1234567, { file: 7 as unknown as string, argv: [], env: [], fds: [] })).toThrow(TypeError);
+      expect(native.disarmRespawn(1234567)).toBe(false);
+    });
+
+    it('watchChildren reaps on SIGCHLD before calling back, respawns included', async () => {
+      const batches: ChildExit[][] = [];
+      let wake: () => void = () => {};
+      const watch = native.watchChildren((exits) => {
+        batches.push(exits);
+        for (const exit of exits) reaped.set(exit.pid, exit);
+        wake();
+      });
+      try {
+        const held = heldChild();
+        native.armRespawn(held.pid, { file: '/bin/sh', argv: ['sh', '-c', 'exit 9'], env: ENV, fds: [] });
+        const first = new Promise<void>((resolve) => (wake = resolve));
+        held.release();
+        await first;
+        const exit = await waitForExit(held.pid);
+        const respawned = (exit.respawn as { pid: number }).pid;
+        expect((await waitForExit(respawned)).code).toBe(9);
+        expect(batches.flat().map((e) => e.pid)).toContain(held.pid);
+      } finally {
+        watch.close();
+      }
+    });
+  });
+
   it('reaps a double-forked orphan as subreaper', async () => {
     const { output, exit } = await run({
       file: '/bin/sh',
