@@ -62,9 +62,9 @@ export async function runHostMode(options: HostModeOptions): Promise<HostModeHan
     configPath: path.resolve(options.configPath),
   });
 
-  // The one reaper: every exit, ours or an orphan's, is collected here.
-  const onChild = () => supervisor.reapChildren();
-  process.on('SIGCHLD', onChild);
+  // The one reaper: every exit, ours or an orphan's, is collected here, on SIGCHLD, in the
+  // addon first (armed respawns start before any JavaScript runs).
+  const childWatch = native.watchChildren((exits, error) => supervisor.handleExits(exits, error));
 
   const { specs, error } = await loadServiceFile(options.configPath);
   // A bad file runs nothing (never half of it), but the supervisor stays up to say why.
@@ -92,7 +92,7 @@ export async function runHostMode(options: HostModeOptions): Promise<HostModeHan
       await control.close();
       supervisor.close();
       await logs.close();
-      process.off('SIGCHLD', onChild);
+      childWatch.close();
     })();
     return stopping;
   };

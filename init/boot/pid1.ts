@@ -300,7 +300,8 @@ export function runPid1(options: Pid1Options): Pid1Handle {
   // The one reaper: orphans of the whole machine come to PID 1. The interval also keeps the
   // event loop alive for ever, whatever else closes.
   if (processHooks) {
-    process.on('SIGCHLD', () => supervisor.reapChildren());
+    // Reaped in the addon on SIGCHLD first: armed respawns start before any JavaScript runs.
+    native.watchChildren((exits, error) => supervisor.handleExits(exits, error));
     setInterval(() => supervisor.reapChildren(), 1000);
   }
 

@@ -172,6 +172,45 @@ function becomeReady(runtime: ServiceRuntime, spec: ServiceSpec, clock: Clock): 
   return { runtime: enter(runtime, 'running', clock, { readyAt: clock.wall, reason: null }), effects };
 }
 
+/**
+ * Whether a run that ends now, with this status, is followed by the next start in the same turn,
+ * exactly as `transition` goes on to decide it: `exited` (in `starting` or `running`) → `backoff`
+ * with a zero delay → `waiting` → `deps-ready` within the start limit → spawn. The supervisor
+ * starts that next run before it does the exit's bookkeeping, and the machine then adopts it at
+ * its spawn effect (the unit tests hold this function to `transition`). `dependenciesReady` is
+ * the supervisor's verdict on the service's `requires`/`after` at this moment; `monoNow` is no
+ * later than the machine's own reading, so a start the limit allows here it allows there.
+ */
+export function restartsAtOnce(
+  runtime: ServiceRuntime,
+  spec: ServiceSpec,
+  exit: { code: number | null; signal: string | null },
+  monoNow: number,
+  dependenciesReady: boolean,
+): boolean {
+  if (runtime.state !== 'running' && runtime.state !== 'starting') return false;
+  if (!dependenciesReady) return false;
+  if (decideAfterExit(spec.kind, spec.restart, { code: exit.code, signal: exit.signal }).action !== 'restart') return false;
+  if (computeBackoffDelay(spec.backoff, runtime.failures + 1) > 0) return false;
+  return checkStartLimit(spec.startLimit, runtime.recentStarts, monoNow).allowed;
+}
+
+/**
+ * Whether the next exit of the service's main process restarts it at once whatever its status
+ * and whenever it comes, so the next run may be decided now and armed in the reaper
+ * (`native.armRespawn`): `restartsAtOnce` holds for every exit status at every later time. That
+ * needs restart `always` for a longrun, a zero backoff, room in the start limit now (starts only
+ * leave the window as time passes), and no `requires`/`after` (their states may change
+ * meanwhile; such services take the ordinary path, a little later).
+ */
+export function respawnsWhateverItsExit(runtime: ServiceRuntime, spec: ServiceSpec, monoNow: number): boolean {
+  if (runtime.state !== 'running' && runtime.state !== 'starting') return false;
+  if (runtime.pid === null || spec.kind !== 'longrun' || spec.restart !== 'always') return false;
+  if (spec.requires.length > 0 || spec.after.length > 0) return false;
+  if (computeBackoffDelay(spec.backoff, runtime.failures + 1) > 0) return false;
+  return checkStartLimit(spec.startLimit, runtime.recentStarts, monoNow).allowed;
+}
+
 /** Pure transition. Events that do not apply in a state leave it unchanged with no effects. */
 export function transition(runtime: ServiceRuntime, spec: ServiceSpec, event: ServiceEvent, clock: Clock): Transition {
   const unchanged: Transition = { runtime, effects: [] };

@@ -6,7 +6,7 @@
  * in as events, and orders starts and stops by dependency. Time comes from an injected clock.
  */
 import { accessSync, closeSync, constants as fsConstants, openSync, readFileSync, readSync, statSync } from 'node:fs';
-import type { ChildExit, Native, NativeError } from '../../native/types.ts';
+import type { ChildExit, Native, NativeError, Respawn } from '../../native/types.ts';
 import { ControlError, type SupervisorApi, type SupervisorInfo } from '../control/api.ts';
 import type { LogLine } from '../log/types.ts';
 import {
@@ -16,10 +16,12 @@ import {
   type TimerName,
   initialRuntime,
   publicStatus,
+  respawnsWhateverItsExit,
+  restartsAtOnce,
   transition,
 } from './machine.ts';
 import { NotifyRateLimiter, notifyEvents, parseNotifyMessage } from './notify-protocol.ts';
-import { planSpawn } from './spawn-plan.ts';
+import { type SpawnPlan, planSpawn } from './spawn-plan.ts';
 import type { ServiceSpec, ServiceState, ServiceStatus } from './types.ts';
 import { monotonicMs } from '../monotonic.ts';
 
@@ -118,6 +120,11 @@ function defaultSessionOf(pid: number): number | null {
   }
 }
 
+/** The outcome of starting one run: the child, or the step that failed and why. */
+type Launch =
+  | { ok: true; pid: number; /** Read end of the run's readiness pipe (`readiness: fd`). */ readinessFd?: number }
+  | { ok: false; stage: string; message: string };
+
 interface Run {
   invocationId: string;
   /** The s6-style readiness pipe's read end and its poll, while the run waits for readiness. */
@@ -182,6 +189,19 @@ export class Supervisor implements SupervisorApi {
   /** Each service's executable as resolved by its last successful start (PATH search is syscalls). */
   private readonly resolvedPrograms = new Map<string, string>();
   private readonly readinessBuffer = Buffer.alloc(256);
+  /**
+   * Runs started ahead of the state machine by an exit that restarts at once (`handleExit`),
+   * by service: the machine's spawn effect adopts them later in the same turn.
+   */
+  private readonly prelaunched = new Map<string, Launch>();
+  /**
+   * The exited run's process group while its exit is dispatched, when the run started ahead has
+   * the same number: the kernel reused it, so the old group is empty and the machine's SIGKILL
+   * to it would hit the new run.
+   */
+  private reusedGroup: number | null = null;
+  /** Respawns armed in the reaper (`syncArm`), by service: the pid and the next run's id. */
+  private readonly armed = new Map<string, { pid: number; invocationId: string }>();
 
   constructor(private readonly options: SupervisorOptions) {
     this.native = options.native;
@@ -232,7 +252,7 @@ export class Supervisor implements SupervisorApi {
 
   // ── the reaper's entry point ──────────────────────────────────────────────────────────────
 
-  /** Call on SIGCHLD: reaps every exited child, ours or re-parented orphans. */
+  /** Reaps every exited child, ours or re-parented orphans (a SIGCHLD's work, or a sweep). */
   reapChildren(): void {
     let exits: ChildExit[];
     try {
@@ -241,7 +261,94 @@ export class Supervisor implements SupervisorApi {
       this.logger.error({ err: error }, 'reap failed');
       return;
     }
+    this.handleExits(exits);
+  }
+
+  /** What `native.watchChildren` reaped (armed respawns already started): the rest of the work. */
+  handleExits(exits: ChildExit[], error: NativeError | null = null): void {
+    if (error) this.logger.error({ err: error }, 'reap failed');
     for (const exit of exits) this.handleExit(exit);
+  }
+
+  private restartsAtOnce(name: string, exit: ChildExit): boolean {
+    if (this.shuttingDown) return false;
+    const spec = this.specs.get(name)!;
+    const ready = this.dependencyVerdict(spec) === 'ready';
+    return restartsAtOnce(this.runtimes.get(name)!, spec, exit, this.clock.monoNow(), ready);
+  }
+
+  /** Starts the next run of a service whose exit the machine has not seen yet. */
+  private prelaunch(name: string): void {
+    this.disarm(name);
+    const launch = this.launch(name);
+    this.prelaunched.set(name, launch);
+    // The new run has just exec'd and usually waits on this CPU behind us, still loading its
+    // program: it goes first, the exit's bookkeeping after.
+    if (launch.ok) this.native.yieldCpu();
+  }
+
+  /** The run the reaper started for this service's armed respawn, as a prelaunched one. */
+  private takeRespawn(name: string, respawn: Respawn): void {
+    const armed = this.armed.get(name);
+    this.armed.delete(name);
+    this.endRun(name);
+    this.runs.set(name, { invocationId: armed?.invocationId ?? this.nextInvocationId() });
+    if ('error' in respawn) {
+      // The program may have moved since it was found: search again next time.
+      this.resolvedPrograms.delete(name);
+      this.prelaunched.set(name, { ok: false, stage: respawn.error.syscall ?? 'clone', message: respawn.error.message });
+      return;
+    }
+    this.prelaunched.set(name, { ok: true, pid: respawn.pid, ...(respawn.readinessFd === null ? {} : { readinessFd: respawn.readinessFd }) });
+  }
+
+  private discardRespawn(respawn: Respawn): void {
+    if ('error' in respawn) return;
+    this.native.killProcessGroup(respawn.pid, 'SIGKILL');
+    if (respawn.readinessFd !== null) this.native.close(respawn.readinessFd);
+    this.logger.error({ pid: respawn.pid }, 'killed a respawn armed for a process that is no service');
+  }
+
+  /**
+   * Keeps the reaper's armed respawn in step with the machine: armed for the main pid exactly
+   * while `respawnsWhateverItsExit` holds (and never during shutdown).
+   */
+  private syncArm(name: string): void {
+    const runtime = this.runtimes.get(name)!;
+    const spec = this.specs.get(name)!;
+    const want = !this.shuttingDown && respawnsWhateverItsExit(runtime, spec, this.clock.monoNow()) ? runtime.pid : null;
+    const current = this.armed.get(name);
+    if ((current?.pid ?? null) === want) return;
+    this.disarm(name);
+    if (want === null) return;
+    const invocationId = this.nextInvocationId();
+    const plan = this.planRun(name, invocationId, undefined);
+    if (!plan.ok) return; // the ordinary path reports it at the next start
+    try {
+      const { ok: _ok, ...spawnOptions } = plan;
+      this.native.armRespawn(want, { ...spawnOptions, setsid: true }, spec.readiness.type === 'fd' ? spec.readiness.fd : undefined);
+      this.armed.set(name, { pid: want, invocationId });
+    } catch (error) {
+      this.logger.error({ service: name, err: error }, `${name}: arming its respawn failed`);
+    }
+  }
+
+  private disarm(name: string): void {
+    const current = this.armed.get(name);
+    if (!current) return;
+    this.armed.delete(name);
+    this.native.disarmRespawn(current.pid);
+  }
+
+  /** A prelaunched run the machine did not take (it decided otherwise): it must not run on. */
+  private discardUnadopted(name: string): void {
+    const launch = this.prelaunched.get(name);
+    if (!launch) return;
+    this.prelaunched.delete(name);
+    if (!launch.ok) return;
+    this.native.killProcessGroup(launch.pid, 'SIGKILL');
+    if (launch.readinessFd !== undefined) this.native.close(launch.readinessFd);
+    this.logger.error({ service: name, pid: launch.pid }, `${name}: killed a run started ahead of a restart that did not happen`);
   }
 
   get orphanCount(): number {
@@ -251,14 +358,28 @@ export class Supervisor implements SupervisorApi {
   private handleExit(exit: ChildExit): void {
     const name = this.servicesByPid.get(exit.pid);
     if (name !== undefined) {
+      // The restart latency is death → next exec: when the machine will restart this service at
+      // once anyway, the next run starts first and the exit's bookkeeping follows. An armed
+      // respawn has already started it (in the reaper); otherwise it starts here.
+      if (exit.respawn) this.takeRespawn(name, exit.respawn);
+      else if (this.restartsAtOnce(name, exit)) this.prelaunch(name);
+      const launched = this.prelaunched.get(name);
+      const pgid = this.runtimes.get(name)!.pgid;
+      this.reusedGroup = launched?.ok && launched.pid === pgid ? pgid : null;
       this.handlingExit = true;
       try {
         this.dispatch(name, { type: 'exited', code: exit.code, signal: exit.signal });
       } finally {
         this.handlingExit = false;
+        this.reusedGroup = null;
       }
       this.schedule();
+      this.discardUnadopted(name);
       return;
+    }
+    if (exit.respawn) {
+      // Armed for a pid that is no service's any more: disarming missed it. It must not run on.
+      this.discardRespawn(exit.respawn);
     }
     // Not a service's main process: an orphan re-parented to us, a daemon's forked-off parent
     // after MAINPID=, or a child whose exec failed. Reaping it is all there is to do.
@@ -284,6 +405,7 @@ export class Supervisor implements SupervisorApi {
       this.announce(name, event, before, runtime);
     }
     for (const effect of effects) this.apply(name, effect);
+    if (runtime.state !== before.state || runtime.pid !== before.pid) this.syncArm(name);
   }
 
   /** One structured log line and a status update per transition. */
@@ -317,6 +439,7 @@ export class Supervisor implements SupervisorApi {
         this.spawn(name);
         return;
       case 'signal': {
+        if (effect.group && effect.pid === this.reusedGroup) return;
         const sent = effect.group
           ? this.native.killProcessGroup(effect.pid, effect.signal)
           : this.native.kill(effect.pid, effect.signal);
@@ -355,32 +478,49 @@ export class Supervisor implements SupervisorApi {
     }
   }
 
+  /** The machine's spawn effect: adopts the run `prelaunch` started, or starts one now. */
   private spawn(name: string): void {
+    const prelaunched = this.prelaunched.get(name);
+    if (prelaunched) this.prelaunched.delete(name);
+    const launch = prelaunched ?? this.launch(name);
+    if (!launch.ok) {
+      this.failSpawn(name, launch.stage, launch.message);
+      return;
+    }
+    if (launch.readinessFd !== undefined) {
+      this.runs.get(name)!.readiness = this.watchReadinessPipe(name, launch.pid, launch.readinessFd);
+    }
+    this.dispatch(name, { type: 'spawned', pid: launch.pid });
+  }
+
+  private planRun(name: string, invocationId: string, readinessFd: number | undefined): SpawnPlan {
+    const output = this.serviceLogs.open(name);
+    this.devNullFd ??= openSync('/dev/null', 'r+');
+    return planSpawn({
+      spec: this.specs.get(name)!,
+      stdoutFd: output.stdout,
+      stderrFd: output.stderr,
+      stdinFd: this.devNullFd,
+      readinessFd,
+      notifySocket: this.options.notifySocketPath,
+      invocationId,
+      isExecutable: this.isExecutable,
+      resolvedProgram: this.resolvedPrograms.get(name),
+    });
+  }
+
+  /** Plans and clones one run of a service: the syscalls only, no state machine. */
+  private launch(name: string): Launch {
     const spec = this.specs.get(name)!;
     this.endRun(name);
     const run: Run = { invocationId: this.nextInvocationId() };
     this.runs.set(name, run);
     let readinessPipe: [number, number] | undefined;
-    let readinessHandedOver = false;
+    let readEndKept = false;
     try {
-      const output = this.serviceLogs.open(name);
       if (spec.readiness.type === 'fd') readinessPipe = this.native.pipe();
-      this.devNullFd ??= openSync('/dev/null', 'r+');
-      const plan = planSpawn({
-        spec,
-        stdoutFd: output.stdout,
-        stderrFd: output.stderr,
-        stdinFd: this.devNullFd,
-        readinessFd: readinessPipe?.[1],
-        notifySocket: this.options.notifySocketPath,
-        invocationId: run.invocationId,
-        isExecutable: this.isExecutable,
-        resolvedProgram: this.resolvedPrograms.get(name),
-      });
-      if (!plan.ok) {
-        this.failSpawn(name, plan.stage, plan.message);
-        return;
-      }
+      const plan = this.planRun(name, run.invocationId, readinessPipe?.[1]);
+      if (!plan.ok) return { ok: false, stage: plan.stage, message: plan.message };
       const { ok: _ok, ...spawnOptions } = plan;
       let pid: number;
       try {
@@ -391,19 +531,16 @@ export class Supervisor implements SupervisorApi {
         throw error;
       }
       this.resolvedPrograms.set(name, plan.file);
-      if (readinessPipe) {
-        run.readiness = this.watchReadinessPipe(name, pid, readinessPipe[0]);
-        readinessHandedOver = true;
-      }
-      this.dispatch(name, { type: 'spawned', pid });
+      readEndKept = readinessPipe !== undefined;
+      return { ok: true, pid, ...(readinessPipe ? { readinessFd: readinessPipe[0] } : {}) };
     } catch (error) {
       const nativeError = error as NativeError;
-      this.failSpawn(name, nativeError.syscall ?? 'clone', nativeError.message);
+      return { ok: false, stage: nativeError.syscall ?? 'clone', message: nativeError.message };
     } finally {
       // The child has its copy of the write end; ours would keep the pipe open past its exit.
       if (readinessPipe) {
         this.native.close(readinessPipe[1]);
-        if (!readinessHandedOver) this.native.close(readinessPipe[0]);
+        if (!readEndKept) this.native.close(readinessPipe[0]);
       }
     }
   }
@@ -656,6 +793,7 @@ export class Supervisor implements SupervisorApi {
    */
   async stopAll(deadlineMs: number): Promise<ShutdownReport> {
     this.shuttingDown = true;
+    for (const name of [...this.armed.keys()]) this.disarm(name);
     const began = this.clock.monoNow();
     const killed = new Set<string>();
     const unsubscribe = this.onTransition((change) => {
@@ -728,6 +866,7 @@ export class Supervisor implements SupervisorApi {
     this.notifyWatch = null;
     if (this.notifyFd !== null) this.native.close(this.notifyFd);
     this.notifyFd = null;
+    for (const name of [...this.armed.keys()]) this.disarm(name);
     for (const name of this.runs.keys()) this.endRun(name);
     for (const timers of this.timers.values()) for (const handle of timers.values()) this.clock.clearTimeout(handle);
     if (this.devNullFd !== null) this.native.close(this.devNullFd);

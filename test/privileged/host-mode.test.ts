@@ -3,12 +3,12 @@
  * sockets, asserted through the control API and mos's own structured log.
  */
 import { execFile, spawn } from 'node:child_process';
-import { chmodSync, existsSync, readFileSync, readdirSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { ServiceStatus } from '../../init/supervisor/types.ts';
-import { HostMos, cleanEnv, isRoot, mosctlBundle, notifyClient, waitFor } from '../helpers/host-mos.ts';
+import { HostMos, cleanEnv, controlRequest, isRoot, mosctlBundle, notifyClient, waitFor } from '../helpers/host-mos.ts';
 
 const run = promisify(execFile);
 let mos: HostMos | null = null;
@@ -39,6 +39,47 @@ describe.skipIf(!isRoot)('host mode supervisor', () => {
       'restarting in 200ms after status=1/FAILURE',
       'restarting in 400ms after status=1/FAILURE',
     ]);
+  });
+
+  it('restarts at once with zero backoff through the armed respawn: each run ready on its own pipe, no fd left behind', async () => {
+    const m = await startMos({
+      services: [
+        {
+          name: 'flappy',
+          argv: sh('echo ready >&3; echo "run $INVOCATION_ID"; sleep 0.02; exit 1'),
+          readiness: { fd: 3 },
+          backoff: { initial: 0 },
+          startLimit: { burst: 10_000, interval: '1s' },
+        },
+      ],
+    });
+    // Pipes and files only: control connections (sockets) come and go with our own requests.
+    const fdsOfMos = () =>
+      readdirSync(`/proc/${m.pid}/fd`).filter((fd) => {
+        try {
+          return !readlinkSync(`/proc/${m.pid}/fd/${fd}`).startsWith('socket:');
+        } catch {
+          return false;
+        }
+      }).length;
+    await m.waitForStatus('flappy', (s) => s.restarts >= 5);
+    await controlRequest(m.socketPath, { cmd: 'stop', service: 'flappy' });
+    const baseline = fdsOfMos();
+    await controlRequest(m.socketPath, { cmd: 'start', service: 'flappy' });
+    await m.waitForStatus('flappy', (s) => s.restarts >= 30);
+    const stopped = await controlRequest<ServiceStatus>(m.socketPath, { cmd: 'stop', service: 'flappy' });
+    expect(stopped.state).toBe('stopped');
+    expect(fdsOfMos()).toBe(baseline);
+
+    // Every run became ready through its own pipe, with its own invocation id.
+    const readyRuns = m.records.filter((r) => r.service === 'flappy' && r.from === 'starting' && r.to === 'running').length;
+    expect(readyRuns).toBeGreaterThanOrEqual(30);
+    const { lines } = await controlRequest<{ lines: { text: string }[] }>(m.socketPath, { cmd: 'logs', service: 'flappy', n: 1000, follow: false });
+    const ids = lines.map((line) => /^run ([0-9a-f]{32})$/.exec(line.text)?.[1]).filter(Boolean);
+    expect(ids.length).toBeGreaterThanOrEqual(30);
+    expect(new Set(ids).size).toBe(ids.length);
+    const restarts = m.records.filter((r) => r.service === 'flappy' && r.to === 'backoff').map((r) => r.reason);
+    expect(new Set(restarts)).toEqual(new Set(['restarting in 0ms after status=1/FAILURE']));
   });
 
   it('ends in failed with the reason once the start limit is hit', async () => {
