@@ -48,6 +48,8 @@ const QUICK = process.argv.includes('--quick');
  * s6, s6None, runit, floor), memory (all three) and memory-NAME (mos, s6, runit). */
 const ONLY = process.argv.find((arg) => arg.startsWith('--only='))?.slice('--only='.length).split(',') ?? null;
 const selected = (key) => ONLY === null || ONLY.includes(key);
+/** `--keep-scratch`: leave the scratch directories (probe records, supervisor logs) in bench/work/. */
+const KEEP_SCRATCH = process.argv.includes('--keep-scratch');
 
 /** Iteration counts. The full run stays well under 10 minutes on 2 cores. */
 const PLAN = QUICK
@@ -855,7 +857,8 @@ come from CLOCK_MONOTONIC, read by the probe and by Node's \`process.hrtime\` (t
 
 **Restart latency** = the probe's timestamp at the start of \`main()\` of run *k+1* minus the
 timestamp it took right before \`_exit(0)\` in run *k* (appended to a file opened \`O_APPEND\`).
-It covers the exit, the supervisor's reaping and bookkeeping, fork/clone and exec. Readiness:
+It covers the exit, the supervisor noticing it and whatever it does before the next clone (mos
+clones first and does its bookkeeping after), fork/clone and exec. Readiness:
 mos \`readiness: {fd: 3}\`, s6 \`notification-fd\` = 3 (the probe writes a newline there right
 after it starts); runit has no readiness protocol. mos: \`backoff: {initial: 0}\`, start limit
 1,000,000 per second.
@@ -1033,5 +1036,5 @@ try {
   log(`failed: ${error.stack ?? error}`);
 } finally {
   // A failed run keeps its scratch directories (supervisor logs, probe records) to look at.
-  cleanUp({ keepScratch: process.exitCode === 1 });
+  cleanUp({ keepScratch: KEEP_SCRATCH || process.exitCode === 1 });
 }
