@@ -6,6 +6,7 @@
       "target_name": "mos_native",
       "sources": [
         "src/addon.cc",
+        "src/block.cc",
         "src/boot.cc",
         "src/errors.cc",
         "src/mount.cc",

@@ -10,7 +10,12 @@ import type {
   ChildExit,
   CredDatagram,
   Credentials,
+  DmCreateOptions,
+  DmDevice,
+  DmTableLine,
   LoadModuleOptions,
+  LoopAttachOptions,
+  LoopDevice,
   MountRequest,
   Native,
   NativeError,
@@ -289,6 +294,65 @@ export class FakeNative implements Native {
     const code = this.failNextMount;
     this.failNextMount = undefined;
     if (code !== undefined) throw createNativeError('mount', code, request.target);
+  }
+
+  /** Attached loop devices by path, with what they were attached with. */
+  readonly loops = new Map<string, LoopAttachOptions>();
+  /** Every loopAttach / loopDetach call, in order. */
+  readonly loopCalls: ({ attach: LoopAttachOptions } | { detach: string })[] = [];
+  /** Makes the next loopAttach reject with this errno name (naming /dev/loop-control). */
+  failNextLoopAttach?: string;
+  private nextLoop = 0;
+
+  async loopAttach(options: LoopAttachOptions): Promise<LoopDevice> {
+    this.loopCalls.push({ attach: options });
+    const code = this.failNextLoopAttach;
+    this.failNextLoopAttach = undefined;
+    if (code !== undefined) throw createNativeError('open', code, '/dev/loop-control');
+    const number = this.nextLoop++;
+    const path = `/dev/loop${number}`;
+    this.loops.set(path, options);
+    return { path, number };
+  }
+
+  async loopDetach(path: string): Promise<void> {
+    this.loopCalls.push({ detach: path });
+    this.loops.delete(path);
+  }
+
+  /** Device-mapper devices by name: their table, node and status (`V` until `corruptDm`). */
+  readonly dmDevices = new Map<string, { options: DmCreateOptions; device: DmDevice; status: string }>();
+  /** Makes the next dmCreate reject with this errno name (at DM_TABLE_LOAD, as a bad table does). */
+  failNextDmCreate?: string;
+  /** Names that dmRemove refuses with EBUSY (still mounted). */
+  readonly busyDm = new Set<string>();
+  private nextDmMinor = 0;
+
+  async dmCreate(options: DmCreateOptions): Promise<DmDevice> {
+    const code = this.failNextDmCreate;
+    this.failNextDmCreate = undefined;
+    if (code !== undefined) throw createNativeError('DM_TABLE_LOAD', code, options.name);
+    if (this.dmDevices.has(options.name)) throw createNativeError('DM_DEV_CREATE', 'EBUSY', options.name);
+    const minor = this.nextDmMinor++;
+    const device = { name: options.name, path: `/dev/dm-${minor}`, major: 253, minor };
+    this.dmDevices.set(options.name, { options, device, status: 'V' });
+    return device;
+  }
+
+  /** Test helper: the verity device has seen a corrupted block (status `C`). */
+  corruptDm(name: string): void {
+    this.dmDevices.get(name)!.status = 'C';
+  }
+
+  async dmStatus(name: string): Promise<DmTableLine[]> {
+    const entry = this.dmDevices.get(name);
+    if (!entry) throw createNativeError('DM_TABLE_STATUS', 'ENXIO', name);
+    return entry.options.table.map((line) => ({ ...line, params: line.type === 'verity' ? entry.status : '' }));
+  }
+
+  async dmRemove(name: string): Promise<void> {
+    if (this.busyDm.has(name)) throw createNativeError('DM_DEV_REMOVE', 'EBUSY', name);
+    this.dmDevices.delete(name);
   }
 
   async umount(target: string, flags: number): Promise<void> {

@@ -47,6 +47,11 @@ const CORE_METHODS = [
   'armRespawn',
   'disarmRespawn',
   'watchChildren',
+  'loopAttach',
+  'loopDetach',
+  'dmCreate',
+  'dmStatus',
+  'dmRemove',
 ] as const satisfies readonly (keyof Native)[];
 
 /** The methods of mos_tpm.node. */

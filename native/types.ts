@@ -25,6 +25,11 @@ export interface SpawnOptions {
   /** Working directory; the child fails at `chdir` when it does not exist. */
   cwd?: string;
   /**
+   * chroot(2) into this directory first (stage `chroot`); `cwd` is then taken inside it (default
+   * `/`). For services whose filesystem is a mounted image, until they run in containers.
+   */
+  root?: string;
+  /**
    * The child's fds. Every fd not named here is closed at exec, so 0, 1 and 2 should always be
    * mapped (to /dev/null when nothing else).
    */
@@ -43,7 +48,63 @@ export interface SpawnOptions {
 }
 
 /** Where a failed spawn stopped: the child reports its last step before it could exec. */
-export type SpawnStage = 'clone' | 'setsid' | 'dup2' | 'chdir' | 'setgroups' | 'setgid' | 'setuid' | 'execve';
+export type SpawnStage = 'clone' | 'setsid' | 'dup2' | 'chroot' | 'chdir' | 'setgroups' | 'setgid' | 'setuid' | 'execve';
+
+/** `loopAttach`: a loop device over (part of) a file. */
+export interface LoopAttachOptions {
+  /** The backing file (opened O_RDONLY when `readOnly`, else O_RDWR). */
+  file: string;
+  /** Byte offset into the file (default 0); a multiple of 512. */
+  offset?: number;
+  /** Bytes of the file the device shows from `offset` (default: to the end); a multiple of 512. */
+  sizeLimit?: number;
+  /** LO_FLAGS_READ_ONLY. */
+  readOnly: boolean;
+  /**
+   * LO_FLAGS_AUTOCLEAR: the kernel detaches the device at its last close. `loopAttach` closes its
+   * own fd before it resolves, so with nothing else holding the device that is at once. To have
+   * a device go when its user (a mount, a dm table) lets go, call `loopDetach` while it is in
+   * use: the kernel then sets autoclear itself.
+   */
+  autoclear?: boolean;
+  /** LO_FLAGS_DIRECT_IO: no double caching of the backing file's pages. */
+  directIo?: boolean;
+}
+
+export interface LoopDevice {
+  /** `/dev/loopN`. */
+  path: string;
+  /** N. */
+  number: number;
+}
+
+/** One line of a device-mapper table; start and length are in 512-byte sectors. */
+export interface DmTableLine {
+  start: number;
+  length: number;
+  /** The target type, e.g. `verity`, `linear`. */
+  type: string;
+  /** The target's parameters (in a table), or its status line (from `dmStatus`). */
+  params: string;
+}
+
+export interface DmCreateOptions {
+  /** The device's name (`/dev/mapper/<name>` with udev; we use the dm-N node). At most 127 bytes. */
+  name: string;
+  /** Optional DM uuid, at most 128 bytes. */
+  uuid?: string;
+  /** DM_READONLY_FLAG on the table. */
+  readOnly: boolean;
+  table: DmTableLine[];
+}
+
+export interface DmDevice {
+  name: string;
+  /** `/dev/dm-N` (devtmpfs creates it). */
+  path: string;
+  major: number;
+  minor: number;
+}
 
 export interface ChildExit {
   pid: number;
@@ -185,6 +246,26 @@ export interface Native {
 
   /** mount(2), off the main thread. */
   mount(request: MountRequest): Promise<void>;
+  /**
+   * A free loop device (LOOP_CTL_GET_FREE on /dev/loop-control) set up over `options.file` with
+   * LOOP_CONFIGURE (LOOP_SET_FD + LOOP_SET_STATUS64 on kernels before 5.8), off the main thread.
+   * A device taken by someone else between GET_FREE and CONFIGURE (EBUSY) is retried with the
+   * next free one. Errors name the step: `open ENOENT /dev/loop-control`, `ioctl EBUSY /dev/loop3`.
+   */
+  loopAttach(options: LoopAttachOptions): Promise<LoopDevice>;
+  /** LOOP_CLR_FD on `path` (`/dev/loopN`), off the main thread; ENXIO (already detached) is not an error. */
+  loopDetach(path: string): Promise<void>;
+  /**
+   * DM_DEV_CREATE, DM_TABLE_LOAD, DM_DEV_SUSPEND (resume) through /dev/mapper/control, off the
+   * main thread. Removes the half-made device when a later step fails. Errors name the ioctl and
+   * the device: `DM_TABLE_LOAD EINVAL mos-web`. The host has no device-mapper:
+   * `open ENOENT /dev/mapper/control`.
+   */
+  dmCreate(options: DmCreateOptions): Promise<DmDevice>;
+  /** DM_TABLE_STATUS: each target's status line (verity: `V` valid, `C` corruption seen). */
+  dmStatus(name: string): Promise<DmTableLine[]>;
+  /** DM_DEV_REMOVE; ENXIO (no such device) is not an error, EBUSY (still open/mounted) is. */
+  dmRemove(name: string): Promise<void>;
   /** umount2(2), off the main thread. */
   umount(target: string, flags: number): Promise<void>;
   /** sync(2) then reboot(2) with `RB_*` command; returns only on failure (throws). */

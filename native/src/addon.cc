@@ -11,6 +11,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   mos::RegisterPoll(env, exports);
   mos::RegisterMount(env, exports);
   mos::RegisterBoot(env, exports);
+  mos::RegisterBlock(env, exports);
   return exports;
 }
 

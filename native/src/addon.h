@@ -11,6 +11,7 @@ void RegisterSocket(Napi::Env env, Napi::Object exports);
 void RegisterPoll(Napi::Env env, Napi::Object exports);
 void RegisterMount(Napi::Env env, Napi::Object exports);
 void RegisterBoot(Napi::Env env, Napi::Object exports);
+void RegisterBlock(Napi::Env env, Napi::Object exports);
 void RegisterTpm(Napi::Env env, Napi::Object exports);
 
 }  // namespace mos

@@ -39,6 +39,11 @@ inline std::string RequireString(Napi::Value value, const char* what) {
   return text;
 }
 
+inline bool RequireBoolean(Napi::Value value, const char* what) {
+  if (!value.IsBoolean()) ThrowTypeError(value.Env(), std::string(what) + " must be a boolean");
+  return value.As<Napi::Boolean>().Value();
+}
+
 inline Napi::Array RequireArray(Napi::Value value, const char* what) {
   if (!value.IsArray()) ThrowTypeError(value.Env(), std::string(what) + " must be an array");
   return value.As<Napi::Array>();

@@ -61,6 +61,7 @@ enum SpawnStage : int {
   kStageNone = 0,
   kStageSetsid,
   kStageDup2,
+  kStageChroot,
   kStageChdir,
   kStageSetgroups,
   kStageSetgid,
@@ -72,6 +73,7 @@ const char* StageName(int stage) {
   switch (stage) {
     case kStageSetsid: return "setsid";
     case kStageDup2: return "dup2";
+    case kStageChroot: return "chroot";
     case kStageChdir: return "chdir";
     case kStageSetgroups: return "setgroups";
     case kStageSetgid: return "setgid";
@@ -183,6 +185,11 @@ int RunChild(void* argument) noexcept {
 
   if (plan->newSession && syscall(SYS_setsid) < 0) FailInChild(plan, kStageSetsid);
   if (!ApplyFdMap(plan)) FailInChild(plan, kStageDup2);
+  // Before chdir, so that cwd is taken inside the new root; before the ids drop, which would
+  // take CAP_SYS_CHROOT with them.
+  if (plan->changeRoot && syscall(SYS_chroot, plan->root.c_str()) < 0) {
+    FailInChild(plan, kStageChroot);
+  }
   if (plan->changeDirectory && syscall(SYS_chdir, plan->cwd.c_str()) < 0) {
     FailInChild(plan, kStageChdir);
   }
@@ -281,10 +288,20 @@ void ParseSpawnOptions(Napi::Env env, Napi::Value value, SpawnPlan* plan) {
   ParseEnvironment(options.Get("env"), options.Get("pidEnv"), plan);
   ParseFdMap(env, options.Get("fds"), plan);
 
+  Napi::Value root = options.Get("root");
+  if (!IsAbsent(root)) {
+    plan->changeRoot = true;
+    plan->root = RequireString(root, "options.root");
+  }
   Napi::Value cwd = options.Get("cwd");
   if (!IsAbsent(cwd)) {
     plan->changeDirectory = true;
     plan->cwd = RequireString(cwd, "options.cwd");
+  } else if (plan->changeRoot) {
+    // chroot leaves the working directory outside the new root: without a chdir the child
+    // could still reach the old tree through it.
+    plan->changeDirectory = true;
+    plan->cwd = "/";
   }
 
   Napi::Value setsidValue = options.Get("setsid");
@@ -382,6 +399,7 @@ SpawnOutcome RunSpawnPlan(SpawnPlan* plan) {
     outcome.syscall = StageName(stage);
     outcome.error = plan->failedErrno;
     if (stage == kStageExecve) outcome.subject = plan->file.c_str();
+    if (stage == kStageChroot) outcome.subject = plan->root.c_str();
     if (stage == kStageChdir) outcome.subject = plan->cwd.c_str();
   }
   return outcome;

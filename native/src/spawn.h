@@ -24,6 +24,9 @@ struct SpawnPlan {
   std::vector<char*> argv;  // NULL-terminated views of the strings above
   std::vector<char*> envp;
 
+  bool changeRoot = false;
+  std::string root;
+
   bool changeDirectory = false;
   std::string cwd;
 
@@ -59,7 +62,8 @@ struct SpawnOutcome {
   pid_t pid = -1;            // the child (also when it failed before exec), or -1
   const char* syscall = "";  // on failure: the step that failed ("clone", "dup2", "execve", ...)
   int error = 0;             // errno of that step, 0 on success
-  const char* subject = nullptr;  // path involved in the failure (execve: file, chdir: cwd)
+  const char* subject = nullptr;  // path involved in the failure (execve: file, chroot: root,
+                                  // chdir: cwd)
 };
 
 // clone(CLONE_VM|CLONE_VFORK) + exec of the plan. No JS, no allocation of its own: callable
