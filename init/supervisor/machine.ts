@@ -23,7 +23,7 @@ export type TimerName = 'backoff' | 'start-timeout' | 'stop-timeout' | 'watchdog
 const ALL_TIMERS: TimerName[] = ['backoff', 'start-timeout', 'stop-timeout', 'watchdog', 'stable'];
 
 /** Why a stop was started: decides what the exit that follows means. */
-export type StopCause = 'operator' | 'watchdog' | 'start-timeout';
+export type StopCause = 'operator' | 'watchdog' | 'start-timeout' | 'fatal';
 
 export interface ServiceRuntime extends ServiceStatus {
   /** Process group (the service is a session leader): signals go to the whole group. */
@@ -33,6 +33,8 @@ export interface ServiceRuntime extends ServiceStatus {
   stopCause: StopCause | null;
   /** True once the stop deadline passed and SIGKILL was sent. */
   killedAtDeadline: boolean;
+  /** A fault found outside the process (e.g. its image is corrupt): the run ends in `failed` with it. */
+  fatal: { code: string; reason: string } | null;
 }
 
 export type ServiceEvent =
@@ -49,7 +51,9 @@ export type ServiceEvent =
   | { type: 'watchdog-trigger' }
   | { type: 'watchdog-interval'; ms: number }
   | { type: 'status-text'; text: string }
-  | { type: 'main-pid'; pid: number };
+  | { type: 'main-pid'; pid: number }
+  /** The supervisor found the service cannot go on (e.g. `E_VERITY_CORRUPT`): stop it, never restart. */
+  | { type: 'fatal'; code: string; reason: string };
 
 export type Effect =
   | { type: 'spawn' }
@@ -91,11 +95,12 @@ export function initialRuntime(spec: ServiceSpec, wallNow: number): ServiceRunti
     recentStarts: [],
     stopCause: null,
     killedAtDeadline: false,
+    fatal: null,
   };
 }
 
 export function publicStatus(runtime: ServiceRuntime): ServiceStatus {
-  const { pgid: _pgid, recentStarts: _starts, stopCause: _cause, killedAtDeadline: _killed, ...status } = runtime;
+  const { pgid: _pgid, recentStarts: _starts, stopCause: _cause, killedAtDeadline: _killed, fatal: _fatal, ...status } = runtime;
   return status;
 }
 
@@ -222,7 +227,7 @@ export function transition(runtime: ServiceRuntime, spec: ServiceSpec, event: Se
         // An operator start is a fresh start: forget the old limit window and backoff.
         return {
           runtime: enter(runtime, 'waiting', clock, {
-            restarts: 0, failures: 0, recentStarts: [], reason: 'waiting for dependencies', errorCode: null, nextStartAt: null,
+            restarts: 0, failures: 0, recentStarts: [], reason: 'waiting for dependencies', errorCode: null, nextStartAt: null, fatal: null,
           }),
           effects: [],
         };
@@ -235,6 +240,12 @@ export function transition(runtime: ServiceRuntime, spec: ServiceSpec, event: Se
 
     case 'deps-ready': {
       if (state !== 'waiting') return unchanged;
+      if (spec.unavailable) {
+        return {
+          runtime: enter(runtime, 'failed', clock, { reason: spec.unavailable.message, errorCode: spec.unavailable.code, nextStartAt: null }),
+          effects: [],
+        };
+      }
       const limit = checkStartLimit(spec.startLimit, runtime.recentStarts, clock.mono);
       if (!limit.allowed) {
         const seconds = Math.round(spec.startLimit.intervalMs / 1000);
@@ -287,6 +298,10 @@ export function transition(runtime: ServiceRuntime, spec: ServiceSpec, event: Se
         const cause = runtime.stopCause === 'operator' ? (runtime.killedAtDeadline ? 'stop-timeout' : undefined) : runtime.stopCause!;
         const exit = exitInfo(event.code, event.signal, clock, cause ?? undefined);
         const ended = endRun(runtime, clock, exit);
+        if (runtime.fatal) {
+          const { code, reason } = runtime.fatal;
+          return { runtime: enter(ended.runtime, 'failed', clock, { reason, errorCode: code, stopCause: null, nextStartAt: null }), effects: ended.effects };
+        }
         if (runtime.stopCause === 'operator') {
           return { runtime: enter(ended.runtime, 'stopped', clock, { reason: null, stopCause: null }), effects: ended.effects };
         }
@@ -363,6 +378,20 @@ export function transition(runtime: ServiceRuntime, spec: ServiceSpec, event: Se
     case 'main-pid': {
       if ((state !== 'starting' && state !== 'running') || event.pid <= 0) return unchanged;
       return { runtime: { ...runtime, pid: event.pid }, effects: [] };
+    }
+
+    case 'fatal': {
+      const fatal = { code: event.code, reason: event.reason };
+      if ((state === 'starting' || state === 'running') && runtime.pid !== null) {
+        const stop = beginStop(runtime, spec, clock, 'fatal', spec.stopSignal);
+        return { runtime: { ...stop.runtime, fatal }, effects: stop.effects };
+      }
+      // Already on its way down: the exit that follows ends in `failed` instead.
+      if (state === 'stopping') return { runtime: { ...runtime, fatal }, effects: [] };
+      return {
+        runtime: enter(runtime, 'failed', clock, { reason: event.reason, errorCode: event.code, nextStartAt: null, fatal: null }),
+        effects: clearTimers(),
+      };
     }
   }
 }

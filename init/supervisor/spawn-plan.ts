@@ -36,6 +36,7 @@ export type SpawnPlan =
       pidEnv: string[];
       uid?: number;
       gid?: number;
+      root?: string;
     }
   | { ok: false; stage: 'execve'; message: string };
 
@@ -66,7 +67,14 @@ export function planSpawn(input: SpawnPlanInput): SpawnPlan {
     }
   }
   const program = spec.argv[0]!;
-  const file = input.resolvedProgram ?? resolveExecutable(program, env.PATH ?? DEFAULT_PATH, spec.cwd, input.isExecutable);
+  // A chroot'ed service's program is looked up inside its root, and named as it sees it. A path
+  // is not checked from outside at all: an absolute symlink in the image would resolve against
+  // the host's root here; the exec inside the root is the only true check (execve ENOENT).
+  const root = spec.root;
+  const isExecutable = root === undefined ? input.isExecutable : (file: string) => input.isExecutable(path.join(root, file));
+  const file =
+    input.resolvedProgram ??
+    (root !== undefined && program.includes('/') ? path.posix.resolve(spec.cwd, program) : resolveExecutable(program, env.PATH ?? DEFAULT_PATH, spec.cwd, isExecutable));
   if (!file) {
     const where = program.includes('/') ? '' : ` in PATH ${env.PATH}`;
     return { ok: false, stage: 'execve', message: `executable not found: ${program}${where}` };
@@ -89,5 +97,6 @@ export function planSpawn(input: SpawnPlanInput): SpawnPlan {
     pidEnv,
     ...(spec.uid !== undefined ? { uid: spec.uid } : {}),
     ...(spec.gid !== undefined ? { gid: spec.gid } : {}),
+    ...(root !== undefined ? { root } : {}),
   };
 }

@@ -62,6 +62,19 @@ export interface ServiceLogs {
   follow(service: string, onLine: (line: LogLine) => void): () => void;
 }
 
+/**
+ * What some services need besides their process, e.g. their image mounted through dm-verity
+ * (init/storage/): made ready before a start (the service waits, like for a dependency) and
+ * given back once the service is down for good (stopped, failed, done) — not between restarts.
+ */
+export interface ServiceResources {
+  needs(name: string): boolean;
+  isReady(name: string): boolean;
+  /** Resolves with null when ready, or with why the service cannot run (it then ends `failed`). */
+  acquire(name: string): Promise<{ code: string; message: string } | null>;
+  release(name: string): Promise<void>;
+}
+
 export interface SupervisorOptions {
   native: Native;
   logs: ServiceLogs;
@@ -75,6 +88,7 @@ export interface SupervisorOptions {
   isExecutable?: (file: string) => boolean;
   /** For tests: how a sender pid's session id is found (notify attribution). */
   sessionOf?: (pid: number) => number | null;
+  resources?: ServiceResources;
 }
 
 export interface ShutdownReport {
@@ -200,6 +214,10 @@ export class Supervisor implements SupervisorApi {
    * to it would hit the new run.
    */
   private reusedGroup: number | null = null;
+  /** Resources being acquired or released, by service: the next step waits for the one before. */
+  private readonly resourceSteps = new Map<string, Promise<void>>();
+  private readonly acquiring = new Set<string>();
+  private resources: ServiceResources | undefined;
   /** Respawns armed in the reaper (`syncArm`), by service: the pid and the next run's id. */
   private readonly armed = new Map<string, { pid: number; invocationId: string }>();
 
@@ -211,6 +229,12 @@ export class Supervisor implements SupervisorApi {
     this.isExecutable = options.isExecutable ?? defaultIsExecutable;
     this.sessionOf = options.sessionOf ?? defaultSessionOf;
     this.startedAt = this.clock.wallNow();
+    this.resources = options.resources;
+  }
+
+  /** Sets what services need besides their process (known only after the storage phase). */
+  useResources(resources: ServiceResources): void {
+    this.resources = resources;
   }
 
   // ── set-up ────────────────────────────────────────────────────────────────────────────────
@@ -406,6 +430,58 @@ export class Supervisor implements SupervisorApi {
     }
     for (const effect of effects) this.apply(name, effect);
     if (runtime.state !== before.state || runtime.pid !== before.pid) this.syncArm(name);
+    if (runtime.state !== before.state) this.syncResources(name, runtime.state);
+  }
+
+  /** Acquires a waiting service's resources; releases those of a service that is down for good. */
+  private syncResources(name: string, state: ServiceState): void {
+    const resources = this.resources;
+    if (!resources?.needs(name)) return;
+    if (state === 'waiting' && !resources.isReady(name) && !this.acquiring.has(name)) {
+      this.acquiring.add(name);
+      this.queueResourceStep(name, async () => {
+        let fault: { code: string; message: string } | null;
+        try {
+          fault = await resources.acquire(name);
+        } catch (error) {
+          fault = { code: 'E_RESOURCES', message: (error as Error).message };
+        }
+        this.acquiring.delete(name);
+        if (fault) {
+          this.logger.warn({ service: name, code: fault.code }, `${name}: ${fault.message}`);
+          this.dispatch(name, { type: 'fatal', code: fault.code, reason: fault.message });
+        }
+        this.schedule();
+      });
+      return;
+    }
+    if ((state === 'stopped' || state === 'failed' || state === 'done') && (resources.isReady(name) || this.acquiring.has(name))) {
+      this.queueResourceStep(name, async () => {
+        if (!resources.isReady(name)) return;
+        // Started again meanwhile: keep them.
+        const now = this.runtimes.get(name)!.state;
+        if (now !== 'stopped' && now !== 'failed' && now !== 'done') return;
+        try {
+          await resources.release(name);
+        } catch (error) {
+          this.logger.error({ service: name, err: error }, `${name}: releasing its resources failed`);
+        }
+      });
+    }
+  }
+
+  private queueResourceStep(name: string, step: () => Promise<void>): void {
+    const previous = this.resourceSteps.get(name) ?? Promise.resolve();
+    const next = previous.then(step, step);
+    this.resourceSteps.set(name, next);
+    void next.finally(() => {
+      if (this.resourceSteps.get(name) === next) this.resourceSteps.delete(name);
+    });
+  }
+
+  /** Settles when no resource step of any service is running (for shutdown). */
+  async resourcesSettled(): Promise<void> {
+    while (this.resourceSteps.size > 0) await Promise.allSettled([...this.resourceSteps.values()]);
   }
 
   /** One structured log line and a status update per transition. */
@@ -666,6 +742,8 @@ export class Supervisor implements SupervisorApi {
   }
 
   private dependencyVerdict(spec: ServiceSpec): 'ready' | 'wait' | { failed: string } {
+    const resources = this.resources;
+    if (resources?.needs(spec.name) && !resources.isReady(spec.name)) return 'wait';
     for (const dep of spec.requires) {
       const state = this.runtimes.get(dep)!.state;
       if (state === 'failed' || state === 'stopped') return { failed: dep };
@@ -725,6 +803,16 @@ export class Supervisor implements SupervisorApi {
     for (const service of this.withRequirements(name)) this.dispatch(service, { type: 'start' });
     this.schedule();
     return settled;
+  }
+
+  /**
+   * Ends a service for a fault found outside its process (`E_VERITY_CORRUPT`): a running one is
+   * stopped, and it ends in `failed` with `code` and `reason` instead of restarting.
+   */
+  failService(name: string, code: string, reason: string): void {
+    this.runtimeOf(name);
+    this.dispatch(name, { type: 'fatal', code, reason });
+    this.schedule();
   }
 
   async stop(name: string): Promise<ServiceStatus> {

@@ -52,6 +52,13 @@ export interface ServiceSpec {
   startLimit: StartLimitSpec;
   uid?: number;
   gid?: number;
+  /** Run the service chroot'ed here: the root filesystem its image was mounted at. */
+  root?: string;
+  /**
+   * Set when the service cannot run at all (its image failed verification or activation):
+   * every start ends in `failed` with this code and message, and nothing is spawned.
+   */
+  unavailable?: { code: string; message: string };
 }
 
 export type ServiceState =

@@ -254,4 +254,50 @@ describe('service state machine', () => {
     d.send({ type: 'main-pid', pid: 10 });
     expect(d.runtime).toMatchObject({ statusText: 'loading', pid: 10, pgid: 9 });
   });
+
+  it('a fatal fault stops a running service and ends it in failed with the code, never restarting', () => {
+    const d = driver(makeSpec({ name: 'web', backoff: { initial: 0 } }));
+    d.send({ type: 'start' });
+    d.send({ type: 'deps-ready' });
+    d.send({ type: 'spawned', pid: 9 });
+    const effects = d.send({ type: 'fatal', code: 'E_VERITY_CORRUPT', reason: 'image web: data block 3 is corrupted' });
+    expect(d.runtime.state).toBe('stopping');
+    expect(effects).toContainEqual({ type: 'signal', pid: 9, signal: 'SIGTERM', group: true });
+    d.send({ type: 'exited', code: null, signal: 'SIGTERM' });
+    expect(d.runtime).toMatchObject({ state: 'failed', errorCode: 'E_VERITY_CORRUPT', reason: 'image web: data block 3 is corrupted', pid: null });
+    expect(timersSet(d.effects)).toEqual([]);
+    // An operator start is a fresh try.
+    d.send({ type: 'start' });
+    expect(d.runtime).toMatchObject({ state: 'waiting', errorCode: null });
+  });
+
+  it('a fatal fault while waiting out a backoff fails at once; while stopping, at the exit', () => {
+    const d = driver(makeSpec({ name: 'web', backoff: { initial: '1s' } }));
+    d.send({ type: 'start' });
+    d.send({ type: 'deps-ready' });
+    d.send({ type: 'spawned', pid: 9 });
+    d.send({ type: 'exited', code: 1, signal: null });
+    expect(d.runtime.state).toBe('backoff');
+    const effects = d.send({ type: 'fatal', code: 'E_VERITY_CORRUPT', reason: 'corrupt' });
+    expect(d.runtime).toMatchObject({ state: 'failed', errorCode: 'E_VERITY_CORRUPT' });
+    expect(effects).toContainEqual({ type: 'clear-timer', name: 'backoff' });
+
+    const e = driver(makeSpec({ name: 'db' }));
+    e.send({ type: 'start' });
+    e.send({ type: 'deps-ready' });
+    e.send({ type: 'spawned', pid: 5 });
+    e.send({ type: 'stop' });
+    e.send({ type: 'fatal', code: 'E_VERITY_CORRUPT', reason: 'corrupt' });
+    expect(e.runtime.state).toBe('stopping');
+    e.send({ type: 'exited', code: 0, signal: null });
+    expect(e.runtime).toMatchObject({ state: 'failed', errorCode: 'E_VERITY_CORRUPT' });
+  });
+
+  it('an unavailable service fails at its start with its code and spawns nothing', () => {
+    const spec = { ...makeSpec({ name: 'web' }), unavailable: { code: 'E_VERITY_LAYOUT', message: 'image web: no verity superblock' } };
+    const d = driver(spec);
+    d.send({ type: 'start' });
+    expect(d.send({ type: 'deps-ready' })).toEqual([]);
+    expect(d.runtime).toMatchObject({ state: 'failed', errorCode: 'E_VERITY_LAYOUT', reason: 'image web: no verity superblock' });
+  });
 });

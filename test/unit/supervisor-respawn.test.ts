@@ -314,3 +314,68 @@ describe('supervisor: the next run before the bookkeeping', () => {
     expect(errors).toEqual(['killed a respawn armed for a process that is no service']);
   });
 });
+
+describe('supervisor: resources a service needs (its image)', () => {
+  function withResources(ready: boolean, fault: { code: string; message: string } | null = null) {
+    const calls: string[] = [];
+    let isReady = ready;
+    let release: () => void = () => {};
+    const resources = {
+      needs: (name: string) => name === 'img',
+      isReady: () => isReady,
+      acquire: async (name: string) => {
+        calls.push(`acquire ${name}`);
+        if (!fault) isReady = true;
+        return fault;
+      },
+      release: (name: string) => {
+        calls.push(`release ${name}`);
+        isReady = false;
+        return new Promise<void>((resolve) => (release = resolve));
+      },
+    };
+    const t = setup([{ name: 'img', argv: ['/bin/img'] }, { name: 'plain', argv: ['/bin/plain'] }]);
+    t.supervisor.useResources(resources);
+    return { ...t, calls, finishRelease: () => release() };
+  }
+  const settle = () => new Promise((resolve) => setTimeout(resolve, 0));
+
+  it('waits for them before the first start, like for a dependency', async () => {
+    const { supervisor, native, calls } = withResources(false);
+    supervisor.startAll();
+    expect(supervisor.status('img').state).toBe('waiting');
+    expect(native.spawned.map((s) => s.options.file)).toEqual(['/bin/plain']);
+    await settle();
+    expect(calls).toEqual(['acquire img']);
+    expect(supervisor.status('img').state).toBe('running');
+  });
+
+  it('keeps them across restarts and gives them back at a stop; a start acquires them again', async () => {
+    const { supervisor, native, calls, pidOf, exit, finishRelease } = withResources(true);
+    supervisor.startAll();
+    exit(pidOf('img'), { code: 1 });
+    await settle();
+    expect(calls).toEqual([]);
+    const stopped = supervisor.stop('img');
+    native.exit(pidOf('img'), { signal: 'SIGTERM' });
+    supervisor.reapChildren();
+    await stopped;
+    await settle();
+    expect(calls).toEqual(['release img']);
+    const started = supervisor.start('img');
+    await settle();
+    expect(calls).toEqual(['release img']); // the acquire waits for the release to finish
+    finishRelease();
+    await started;
+    expect(calls).toEqual(['release img', 'acquire img']);
+    expect(supervisor.status('img').state).toBe('running');
+  });
+
+  it('a service whose resources cannot be made ready ends failed with their code', async () => {
+    const { supervisor, native } = withResources(false, { code: 'E_VERITY_CORRUPT', message: 'image of img: dm-verity reports corrupted data' });
+    supervisor.startAll();
+    await settle();
+    expect(supervisor.status('img')).toMatchObject({ state: 'failed', errorCode: 'E_VERITY_CORRUPT', reason: 'image of img: dm-verity reports corrupted data' });
+    expect(native.spawned.map((s) => s.options.file)).toEqual(['/bin/plain']);
+  });
+});
