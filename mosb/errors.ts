@@ -23,6 +23,13 @@ export type MosbErrorCode =
   | 'E_PRODUCT_NOT_FOUND'
   /** A keyset file is malformed: bad uuid, cert/key pair mismatch, wrong CN, foreign CA, expired. */
   | 'E_KEYSET_INVALID'
+  /**
+   * A tool turning an image into squashfs + dm-verity (umoci, zstd, mksquashfs, veritysetup) is
+   * missing or failed (its stderr tail is in the message), or squashing needs root.
+   */
+  | 'E_SQUASH_TOOL'
+  /** A source image cannot be squashed, or an already-squashed one is not what it claims. */
+  | 'E_SQUASH_FORMAT'
   /** The openssl CLI failed (its stderr is in the message; it never prints key material there). */
   | 'E_OPENSSL'
   /** A value given on the command line or to the API is not acceptable. */

@@ -8,17 +8,35 @@
  */
 import { type InstallFile, type InstallTarget, MAX_BYTES } from '../init/trust/formats.ts';
 import { MosbError } from './errors.ts';
-import type { ImportFile } from './manifest-yaml.ts';
+import type { ImportFile, UserTarget } from './manifest-yaml.ts';
 
-/** A target's image manifest as found in its source layout (and copied to the output). */
+/** A target's image manifest as published: what install.json names. */
 export interface ResolvedImage {
   digest: string;
   size: number;
+  /**
+   * The source image manifest it was made from (squash-tools.ts), when that differs: what
+   * manifest.yaml's `digest` and `size` pins name. Without it the pins name the image itself.
+   */
+  source?: { digest: string; size: number };
+}
+
+/**
+ * manifest.yaml's optional pins against the SOURCE image manifest (the one `source` names, before
+ * mosb squashes it): what the author can see with `skopeo inspect` before publishing.
+ */
+export function checkSourcePins(target: Pick<UserTarget, 'service_name' | 'digest' | 'size'>, source: { digest: string; size: number }): void {
+  if (target.digest !== null && target.digest !== source.digest) {
+    throw new MosbError('E_DIGEST_MISMATCH', `target ${target.service_name}: manifest.yaml pins digest ${target.digest}, but its source's image manifest is ${source.digest}`);
+  }
+  if (target.size !== null && target.size !== source.size) {
+    throw new MosbError('E_DIGEST_MISMATCH', `target ${target.service_name}: manifest.yaml pins size ${target.size}, but its source's image manifest is ${source.size} bytes`);
+  }
 }
 
 /**
  * `productUuid` is the keyset product's (from its `uuid` file); manifest.yaml's `product`, when
- * given, must be the same. `images` maps each service name to its source image manifest.
+ * given, must be the same. `images` maps each service name to its published image manifest.
  */
 export function computeInstallFile(manifest: ImportFile, productUuid: string, images: ReadonlyMap<string, ResolvedImage>): InstallFile {
   if (manifest.product !== null && manifest.product !== productUuid) {
@@ -30,12 +48,7 @@ export function computeInstallFile(manifest: ImportFile, productUuid: string, im
   const targets = manifest.targets.map((target): InstallTarget => {
     const image = images.get(target.service_name);
     if (!image) throw new MosbError('E_SOURCE', `no image resolved for target ${target.service_name}`);
-    if (target.digest !== null && target.digest !== image.digest) {
-      throw new MosbError('E_DIGEST_MISMATCH', `target ${target.service_name}: manifest.yaml pins digest ${target.digest}, but its source's image manifest is ${image.digest}`);
-    }
-    if (target.size !== null && target.size !== image.size) {
-      throw new MosbError('E_DIGEST_MISMATCH', `target ${target.service_name}: manifest.yaml pins size ${target.size}, but its source's image manifest is ${image.size} bytes`);
-    }
+    checkSourcePins(target, image.source ?? image);
     return {
       service_name: target.service_name,
       version: target.version,

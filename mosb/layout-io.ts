@@ -26,7 +26,7 @@ import {
   sha256Digest,
 } from './oci.ts';
 
-const blobPath = (layout: string, digest: string) => path.join(layout, 'blobs', 'sha256', digestHex(digest));
+export const blobPath = (layout: string, digest: string) => path.join(layout, 'blobs', 'sha256', digestHex(digest));
 const tmpName = (file: string) => path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
 
 /** Reads at most `limit` bytes of a file; a larger file is refused before it is read. */
@@ -171,7 +171,8 @@ async function existingBlobMatches(file: string, digest: string, size: number): 
   throw new MosbError('E_LAYOUT', `${file} exists but does not hold ${digest}; the output layout is corrupt`);
 }
 
-async function hashFile(file: string): Promise<string> {
+/** `sha256:<hex>` of a file's bytes, read in 1 MiB chunks. */
+export async function hashFile(file: string): Promise<string> {
   const hash = createHash('sha256');
   const handle = await open(file, 'r');
   try {

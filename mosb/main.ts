@@ -1,13 +1,16 @@
 /**
- * `mosb`: the build side. Keysets (a manifest CA and per-product signing certificates) and
- * publishing signed install manifests into OCI layouts. Exit codes: 0 ok, 1 failure, 64 usage.
+ * `mosb`: the build side. Keysets (a manifest CA and per-product signing certificates),
+ * publishing signed install manifests into OCI layouts, and squashing service images into the
+ * squashfs+verity form machines mount. Exit codes: 0 ok, 1 failure, 64 usage.
  */
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { MosbError } from './errors.ts';
 import { addProduct, createKeyset, MAX_DAYS } from './keyset.ts';
-import { checkSafeName, defaultKeysDir, parseOutSpec } from './names.ts';
+import { type OciSource, parseSource } from './manifest-yaml.ts';
+import { checkSafeName, checkTag, defaultKeysDir, parseOutSpec } from './names.ts';
 import { KEY_ALGORITHMS, type KeyAlgorithm } from './openssl.ts';
 import { publishManifest, resolveCreated } from './publish.ts';
+import { squashToLayout } from './squash-tools.ts';
 
 export interface CliIo {
   out(text: string): void;
@@ -116,10 +119,43 @@ function buildProgram(io: CliIo): Command {
         print(`  install      ${result.install.digest}`);
         print(`  signature    ${result.signatureArtifact.digest}`);
         print(`  certificate  ${result.certificateArtifact.digest}`);
-        for (const image of result.images) print(`  ${image.serviceName}  ${image.digest}`);
+        for (const image of result.images) print(`  ${image.serviceName}  ${image.digest}${image.kept ? '  (kept: already squashfs+verity)' : `  (squashed from ${image.source})`}`);
       },
     );
+
+  const image = program.command('image').description('service images as machines mount them');
+  image
+    .command('squash')
+    .description('convert an OCI image into one squashfs layer with its dm-verity tree appended (what publish does to each target), for inspection')
+    .usage('oci:SRC:TAG --out oci:DIR:TAG')
+    .argument('<source>', 'the image: oci:DIR:TAG (a local OCI layout)', parseOciRef('source'))
+    .requiredOption('--out <oci:dir:tag>', 'OCI layout to write the squashed image into, and its tag there', parseOciRef('--out'))
+    .action(async (source: OciSource, options: { out: OciSource }) => {
+      const result = await squashToLayout({ source, baseDir: process.cwd(), outDir: options.out.dir, tag: options.out.tag });
+      print(`${result.kept ? 'kept' : 'squashed'} oci:${source.dir}:${source.tag} → oci:${result.outDir}:${result.tag}`);
+      print(`  manifest   ${result.manifest.digest}  (${result.manifest.size} bytes)`);
+      print(`  source     ${result.source.digest}`);
+      print(`  layer      ${result.layer.digest}  (${result.layer.size} bytes, ${result.layer.mediaType})`);
+      print(`  root hash  ${result.rootHash}`);
+    });
   return program;
+}
+
+/** `oci:DIR:TAG`, as manifest.yaml's `source` takes it. */
+function parseOciRef(what: 'source' | '--out') {
+  return (value: string): OciSource => {
+    const parsed = parseSource(value);
+    if (typeof parsed === 'string') throw new InvalidArgumentError(parsed);
+    // An output tag of 64 hex digits would pose as a published service image; a source may be one.
+    if (what === '--out') {
+      try {
+        checkTag(parsed.tag);
+      } catch (error) {
+        throw new InvalidArgumentError((error as Error).message);
+      }
+    }
+    return parsed;
+  };
 }
 
 function parseSafe(kind: string) {

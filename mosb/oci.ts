@@ -210,6 +210,19 @@ export function computeIndexUpdate(index: ImageIndex, update: IndexUpdate, subje
   return { ...index, schemaVersion: 2, mediaType: MEDIA_TYPE.imageIndex, manifests: [...kept, ...added, install, ...update.referrers] };
 }
 
+/**
+ * index.json with `tag` naming `manifest` (an image, as `mosb image squash` writes it): the entry
+ * that held the tag before is dropped, everything else stays. A tag that names an install
+ * artifact is refused: its signature and certificate would be left pointing at nothing tagged.
+ */
+export function tagImageInIndex(index: ImageIndex, tag: string, manifest: { digest: string; size: number }): ImageIndex {
+  const previous = index.manifests.filter((entry) => refNameOf(entry) === tag);
+  const artifact = previous.find((entry) => entry.artifactType !== undefined);
+  if (artifact) throw new MosbError('E_LAYOUT', `tag ${tag} names an ${artifact.artifactType} artifact (${artifact.digest}); refusing to re-tag it as an image`);
+  const entry: Descriptor = { mediaType: MEDIA_TYPE.imageManifest, digest: manifest.digest, size: manifest.size, annotations: { [ANNOTATION.refName]: tag } };
+  return { ...index, schemaVersion: 2, mediaType: MEDIA_TYPE.imageIndex, manifests: [...index.manifests.filter((e) => refNameOf(e) !== tag), entry] };
+}
+
 export const emptyIndex = (): ImageIndex => ({ schemaVersion: 2, mediaType: MEDIA_TYPE.imageIndex, manifests: [] });
 
 /** Checks an index.json (an existing output layout's, or a source's). */

@@ -3,20 +3,23 @@
  * install artifact, its signature and certificate, and every target's image.
  *
  * The order matters: everything is read and checked first (manifest.yaml, the keyset, each
- * source image and its manifest), then install.json is built, signed and the signature
- * verified, and only then is anything written; the write itself leaves the old index.json in
- * place until the new one is renamed over it.
+ * source image and its manifest, the pins against it), then each source is squashed into one
+ * squashfs+verity layer in a work directory (squash-tools.ts; docs/service-images.md), then
+ * install.json is built from the squashed images' manifests, signed and the signature verified,
+ * and only then is anything written to the output; the write itself leaves the old index.json
+ * in place until the new one is renamed over it. The work directory is removed either way.
  */
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { InstallFile } from '../init/trust/formats.ts';
 import { MosbError } from './errors.ts';
-import { computeInstallFile, type ResolvedImage, serializeInstallFile } from './install-file.ts';
+import { checkSourcePins, computeInstallFile, type ResolvedImage, serializeInstallFile } from './install-file.ts';
 import { loadSigningIdentity } from './keyset.ts';
 import { applyLayoutWrite, readOutputLayout, readSourceImage, type SourceImage } from './layout-io.ts';
 import { parseManifestYaml } from './manifest-yaml.ts';
 import { checkTag } from './names.ts';
-import { computeIndexUpdate, type Descriptor, imageIndexEntry, planArtifacts } from './oci.ts';
+import { type ArtifactPlan, computeIndexUpdate, type Descriptor, imageIndexEntry, planArtifacts } from './oci.ts';
+import { makeWorkDir, removeWorkDir, type SquashedImage, squashImage } from './squash-tools.ts';
 import { signInstallJson, verifyInstallJson } from './sign.ts';
 
 export interface PublishOptions {
@@ -45,7 +48,11 @@ export interface PublishResult {
   install: Descriptor;
   signatureArtifact: Descriptor;
   certificateArtifact: Descriptor;
-  images: { serviceName: string; digest: string; size: number }[];
+  /**
+   * Each target's published image (digest and size as in install.json), the source manifest it
+   * was squashed from, whether the source was kept as it was, and its dm-verity root hash.
+   */
+  images: { serviceName: string; digest: string; size: number; source: string; kept: boolean; rootHash: string }[];
 }
 
 export async function publishManifest(options: PublishOptions): Promise<PublishResult> {
@@ -63,40 +70,74 @@ export async function publishManifest(options: PublishOptions): Promise<PublishR
 
   const baseDir = path.dirname(path.resolve(options.manifestPath));
   const sources = new Map<string, SourceImage>();
-  const resolved = new Map<string, ResolvedImage>();
   for (const target of manifest.targets) {
     const image = await readSourceImage(target.source, baseDir);
+    // The pins name the source image: checked before any squashing is spent on it.
+    checkSourcePins(target, image.manifest);
     sources.set(target.service_name, image);
-    resolved.set(target.service_name, { digest: image.manifest.digest, size: image.manifest.size });
   }
-  const installFile = computeInstallFile(manifest, identity.uuid, resolved);
-  const installJson = serializeInstallFile(installFile);
-  const signature = signInstallJson(installJson, identity.key);
-  if (!verifyInstallJson(installJson, signature, identity.certificate)) {
-    throw new MosbError('E_KEYSET_INVALID', `the signature made with keyset ${options.keyset} product ${options.product} does not verify with its certificate`);
-  }
-
-  const plan = planArtifacts({ installJson, signature, certificate: identity.certificatePem, created: options.created });
+  // Read now, so that an output that is not a layout fails before the squashing.
   const output = await readOutputLayout(options.outDir);
-  const images = [...sources.values()];
-  const index = computeIndexUpdate(
-    output.index,
-    { tag, install: plan.install, referrers: [plan.signature, plan.certificate], images: images.map((image) => imageIndexEntry(image.manifest)) },
-    output.subjects,
-  );
-  await applyLayoutWrite(output, { blobs: plan.blobs, images, index });
 
+  const workDir = await makeWorkDir();
+  try {
+    // One squash per source image manifest: targets naming the same image share it.
+    const bySource = new Map<string, SquashedImage>();
+    const squashed = new Map<string, SquashedImage>();
+    for (const target of manifest.targets) {
+      const source = sources.get(target.service_name)!;
+      let image = bySource.get(source.manifest.digest);
+      if (!image) {
+        image = await squashImage(source, workDir, `target ${target.service_name} (oci:${target.source.dir}:${target.source.tag})`);
+        bySource.set(source.manifest.digest, image);
+      }
+      squashed.set(target.service_name, image);
+    }
+    const resolved = new Map<string, ResolvedImage>(
+      [...squashed].map(([name, image]) => [name, { digest: image.manifest.digest, size: image.manifest.size, source: { digest: image.source.digest, size: image.source.size } }]),
+    );
+    const installFile = computeInstallFile(manifest, identity.uuid, resolved);
+    const installJson = serializeInstallFile(installFile);
+    const signature = signInstallJson(installJson, identity.key);
+    if (!verifyInstallJson(installJson, signature, identity.certificate)) {
+      throw new MosbError('E_KEYSET_INVALID', `the signature made with keyset ${options.keyset} product ${options.product} does not verify with its certificate`);
+    }
+
+    const plan = planArtifacts({ installJson, signature, certificate: identity.certificatePem, created: options.created });
+    const images = [...bySource.values()];
+    const index = computeIndexUpdate(
+      output.index,
+      { tag, install: plan.install, referrers: [plan.signature, plan.certificate], images: images.map((image) => imageIndexEntry(image.manifest)) },
+      output.subjects,
+    );
+    await applyLayoutWrite(output, { blobs: plan.blobs, images, index });
+    return publishResult(options, tag, identity.uuid, { installFile, installJson, signature, plan, squashed });
+  } finally {
+    await removeWorkDir(workDir);
+  }
+}
+
+function publishResult(
+  options: PublishOptions,
+  tag: string,
+  productUuid: string,
+  made: { installFile: InstallFile; installJson: Buffer; signature: Buffer; plan: ArtifactPlan; squashed: ReadonlyMap<string, SquashedImage> },
+): PublishResult {
+  const { installFile, installJson, signature, plan } = made;
   return {
     layoutDir: options.outDir,
     tag,
-    productUuid: identity.uuid,
+    productUuid,
     installFile,
     installJson,
     signature,
     install: plan.install,
     signatureArtifact: plan.signature,
     certificateArtifact: plan.certificate,
-    images: installFile.targets.map((target) => ({ serviceName: target.service_name, digest: target.digest, size: target.size })),
+    images: installFile.targets.map((target) => {
+      const image = made.squashed.get(target.service_name)!;
+      return { serviceName: target.service_name, digest: target.digest, size: target.size, source: image.source.digest, kept: image.kept, rootHash: image.rootHash };
+    }),
   };
 }
 
