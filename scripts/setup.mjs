@@ -22,6 +22,11 @@ const APT_COMMANDS = {
   skopeo: 'skopeo', // reads mosb's OCI layouts in its tests (an independent reader)
   umoci: 'umoci', // lists mosb's OCI layouts in its tests (an independent reader)
   openssl: 'openssl', // mosb makes keys and certificates with it; the signature oracle in its tests
+  mksquashfs: 'squashfs-tools', // mosb turns service images into squashfs layers with it
+  veritysetup: 'cryptsetup-bin', // mosb appends the dm-verity hash tree; the verity oracle in tests
+  'mkfs.ext4': 'e2fsprogs', // storage volumes (test images; the initramfs ships its own copy)
+  '/bin/busybox': 'busybox-static', // the program in the VM tests' service images (runs without libraries)
+  zstd: 'zstd', // mosb reads tar+zstd source layers through it (umoci cannot)
 };
 
 function run(command, args, options = {}) {

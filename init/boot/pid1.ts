@@ -14,7 +14,10 @@
  *   trust          fatal   mos.store= → the trust root from the TPM (provisioned from the embedded
  *                          CA on first boot) → the signed install layout verified; without
  *                          mos.store= skipped (init/trust/boot-trust.ts decides, trust-phase.ts acts)
- *   supervise      fatal   the service file → supervisor; `mos: services ready` once all are up
+ *   storage        warn    each verified target's image: loop → dm-verity → squashfs (→ overlay);
+ *                          a target that fails makes its service `failed` (init/storage/)
+ *   supervise      fatal   the install's container targets, else the service file → supervisor;
+ *                          `mos: services ready` once all are up
  *
  * Namespace mode (`--no-early-mounts`, for PID 1 of a PID namespace on a host): mounts,
  * ctrl-alt-del, modules, mounts-late and control-port are skipped (they would touch the host),
@@ -68,6 +71,10 @@ import {
 } from '../trust/boot-trust.ts';
 import { provisionTrustRoot, TRUST_ROOT_NV_INDEX } from '../trust/trust-root.ts';
 import type { VerifiedInstall } from '../trust/verify-install.ts';
+import { STORE_LAYOUT_DIR } from '../trust/boot-trust.ts';
+import type { ActivationEffects } from '../storage/activate.ts';
+import { countBlockDevices, createActivationEffects } from '../storage/activation-effects.ts';
+import { corruptionAfterRun, releaseTargets, runStoragePhase, TargetResources, type StoragePhaseResult } from '../storage/storage-phase.ts';
 import { asFailure, readEmbeddedCa, runTrustPhase } from './trust-phase.ts';
 import {
   DEFAULT_SHUTDOWN_BOUNDS,
@@ -225,6 +232,11 @@ export function runPid1(options: Pid1Options): Pid1Handle {
   let trustState: TrustState = { state: 'pending' };
   /** The verified install (the trust phase's result): what later phases may use, and only that. */
   let verifiedInstall: VerifiedInstall | null = null;
+  /** Where the verified layout is (the store directory or its mount). */
+  let verifiedLayoutDir: string | null = null;
+  /** The storage phase's result: active targets (released at shutdown) and their services. */
+  let storage: StoragePhaseResult | null = null;
+  const storageEffects = (): ActivationEffects => createActivationEffects(native);
   const trustConfig = (): TrustConfigInput => ({
     store: cmdline.store,
     manifestTag: cmdline.manifestTag,
@@ -422,6 +434,15 @@ export function runPid1(options: Pid1Options): Pid1Handle {
         },
         reap: () => supervisor.reapChildren(),
         unmount: async () => {
+          if (storage) {
+            // Overlays, images, verity and loop devices, before the general unmount below: what
+            // the stopped services gave back already, then the rest (fs-only, hostfs).
+            await supervisor.resourcesSettled();
+            const problems = await releaseTargets(storage.targets, storageEffects());
+            if (problems.length > 0) log.warn({ problems }, `storage: could not release everything: ${problems.join('; ')}`);
+            const left = countBlockDevices();
+            say(`mos: storage: released all targets (loop devices left ${left.loop}, dm devices left ${left.dm})`);
+          }
           const mountinfo = parseMountInfo(readFileSync('/proc/self/mountinfo', 'utf8'));
           const targets = planUnmounts(mountinfo, earlyMounts ? { scope: 'all' } : { scope: 'own', own: ownMounts });
           return unmountAll(native, targets);
@@ -599,6 +620,7 @@ export function runPid1(options: Pid1Options): Pid1Handle {
         );
         trustState = result.state;
         verifiedInstall = result.verified;
+        verifiedLayoutDir = result.facts.store?.ok ? path.join(result.facts.store.dir, STORE_LAYOUT_DIR) : null;
         log.info({ trust: result.state, installed: verifiedInstall?.installManifestDigest }, 'trust phase verdict');
         if (result.skipped !== null) return context.skip(result.skipped);
         if (result.emergency !== null) {
@@ -611,10 +633,29 @@ export function runPid1(options: Pid1Options): Pid1Handle {
       },
     },
     {
+      name: 'storage',
+      policy: 'warn',
+      run: async (context) => {
+        if (verifiedInstall === null || verifiedLayoutDir === null) return context.skip('no verified install');
+        storage = await runStoragePhase(
+          verifiedInstall.targets,
+          { layoutDir: verifiedLayoutDir, targetsDir: path.join(stateDir, 'targets'), scratchDir: path.join(stateDir, 'scratch') },
+          { ...storageEffects(), log: (fields, message) => log.info(fields, message), say },
+        );
+        supervisor.useResources(new TargetResources(storage.targets, storageEffects(), { say, countDevices: () => countBlockDevices() }));
+        const failed = storage.targets.filter((target) => target.failure !== null);
+        context.note(`${storage.targets.length - failed.length} of ${storage.targets.length} targets active${failed.length > 0 ? `; failed: ${failed.map((t) => `${t.name} (${t.failure!.code})`).join(', ')}` : ''}`);
+      },
+    },
+    {
       name: 'supervise',
       policy: 'fatal',
       run: async (context) => {
-        const { specs, error } = await loadServiceFile(configPath);
+        // A verified install runs its own targets, and nothing else: the service file is for
+        // machines without a store (demo, tests).
+        const loaded = storage !== null ? { specs: storage.services, error: null } : await loadServiceFile(configPath);
+        const { specs, error } = loaded;
+        if (storage !== null) watchImageCorruption(storage);
         if (error) {
           // A bad file runs nothing (never half of it); mos stays up to say why.
           supervisor.setHealth('config-error', error);
@@ -630,6 +671,25 @@ export function runPid1(options: Pid1Options): Pid1Handle {
       },
     },
   ];
+
+  /**
+   * After every run of an image-backed service ends, ask its verity device whether it saw
+   * corrupted data; if so the service ends `failed` with E_VERITY_CORRUPT (no restart loop).
+   */
+  function watchImageCorruption(result: StoragePhaseResult): void {
+    const byService = new Map(result.targets.filter((target) => target.type === 'container').map((target) => [target.name, target]));
+    supervisor.onTransition((change) => {
+      if (change.event.type !== 'exited' && change.event.type !== 'spawn-failed') return;
+      const target = byService.get(change.service);
+      if (!target?.active) return;
+      void corruptionAfterRun(target, storageEffects()).then((fault) => {
+        if (!fault) return;
+        log.warn({ service: change.service, code: fault.code }, fault.reason);
+        say(`mos: storage: ${change.service}: ${fault.code}: ${fault.reason}`);
+        supervisor.failService(change.service, fault.code, fault.reason);
+      });
+    });
+  }
 
   async function searchControlPort(searchMs: number): Promise<void> {
     const deadline = monotonicMs() + searchMs;

@@ -133,6 +133,7 @@ describe.skipIf(!isRoot)('mos-init as PID 1 of a PID namespace', () => {
       'control-port:skipped',
       // No mos.store=: no manifest to verify (test/privileged/trust-boot.test.ts has the rest).
       'trust:skipped',
+      'storage:skipped',
       'supervise:ok',
     ]);
     expect(timeline.firstServiceExec?.atMs).toBeGreaterThan(timeline.initMainMs);

@@ -29,6 +29,8 @@ import { releaseStateDir } from '../../vm-tests/harness/swtpm.ts';
 import { refusalBootKind, trustUkiCmdline } from '../../vm-tests/harness/trust.ts';
 
 const hasMksquashfs = ['/usr/bin/mksquashfs', '/usr/sbin/mksquashfs'].some((file) => existsSync(file));
+/** Publishing squashes the service images: umoci keeps their owners only as root, and veritysetup. */
+const canMakeStores = hasMksquashfs && process.getuid?.() === 0 && ['/usr/sbin/veritysetup', '/sbin/veritysetup'].some((file) => existsSync(file));
 
 describe('store disks', () => {
   let dir: string;
@@ -49,7 +51,7 @@ describe('store disks', () => {
     expect(() => testKeys(path.join(dir, 'nowhere'))).toThrow(/initramfs\/build\.mjs --variant test/);
   });
 
-  it.skipIf(!hasMksquashfs)('publishes a verified layout into oci/ and packs it read-only as squashfs', async () => {
+  it.skipIf(!canMakeStores)('publishes a verified layout into oci/ and packs it read-only as squashfs', async () => {
     const store = await makeStore({ dir: path.join(dir, 'good'), keys, trustRoot: keys.caSpkiDer });
     expect(store.expected).toEqual({ ok: true, targets: 1 });
     expect(store.layoutDir).toBe(path.join(store.root, 'oci'));
@@ -63,19 +65,19 @@ describe('store disks', () => {
     expect(listing).toMatch(/root\/root .*squashfs-root\/oci\/index\.json/);
   });
 
-  it.skipIf(!hasMksquashfs)('a foreign keyset gives E_CERT_UNTRUSTED against the test CA', async () => {
+  it.skipIf(!canMakeStores)('a foreign keyset gives E_CERT_UNTRUSTED against the test CA', async () => {
     const foreign = await foreignKeys(path.join(dir, 'foreign-keys'));
     const store = await makeStore({ dir: path.join(dir, 'foreign'), keys: foreign, trustRoot: keys.caSpkiDer });
     expect(store.expected).toMatchObject({ ok: false, code: 'E_CERT_UNTRUSTED' });
   });
 
-  it.skipIf(!hasMksquashfs)("a flipped byte in a target's image manifest gives E_TARGET_DIGEST", async () => {
+  it.skipIf(!canMakeStores)("a flipped byte in a target's image manifest gives E_TARGET_DIGEST", async () => {
     const store = await makeStore({ dir: path.join(dir, 'tampered'), keys, trustRoot: keys.caSpkiDer, tamper: tamperTargetManifest('web') });
     expect(store.tampered).toMatch(/flipped byte \d+ of web's image manifest/);
     expect(store.expected).toMatchObject({ ok: false, code: 'E_TARGET_DIGEST' });
   });
 
-  it.skipIf(!hasMksquashfs)('a flipped layer byte is not the install verifier\'s business (image manifests only)', async () => {
+  it.skipIf(!canMakeStores)('a flipped layer byte is not the install verifier\'s business (image manifests only)', async () => {
     const store = await makeStore({ dir: path.join(dir, 'layer'), keys, trustRoot: keys.caSpkiDer, tamper: tamperTargetLayer('web') });
     expect(store.tampered).toMatch(/web's layer/);
     expect(store.expected.ok).toBe(true);

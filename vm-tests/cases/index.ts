@@ -9,6 +9,7 @@ import trustProvisionVerify from './06-trust-provision-verify/case.ts';
 import trustCmdlinePcr from './07-trust-cmdline-pcr/case.ts';
 import trustForeignKeyset from './08-trust-foreign-keyset/case.ts';
 import trustTamperedBlob from './09-trust-tampered-blob/case.ts';
+import verityImages from './10-verity-images/case.ts';
 
 export const cases: readonly VmCase[] = [
   directBoot,
@@ -20,6 +21,7 @@ export const cases: readonly VmCase[] = [
   trustCmdlinePcr,
   trustForeignKeyset,
   trustTamperedBlob,
+  verityImages,
 ];
 
 /** Cases matching any selector: a number (`1`, `01`), a folder name, or part of one. */

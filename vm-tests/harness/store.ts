@@ -89,6 +89,20 @@ export function verifyOnHost(layoutDir: string, trustRoot: Buffer, tag = 'latest
   return { ok: false, code: result.code, message: result.message };
 }
 
+/**
+ * The default store's target: one container that the guest runs chroot'ed in its verity-backed
+ * overlay, so its image needs a program that runs without libraries: Debian's static busybox.
+ */
+export function DEFAULT_VM_TARGETS(): FixtureTarget[] {
+  return [
+    {
+      ...DEFAULT_FIXTURE_TARGETS[0]!,
+      files: { '/bin/busybox': readFileSync('/bin/busybox') },
+      entrypoint: ['/bin/busybox', 'sh', '-c', 'echo hello from web; exec /bin/busybox sleep 1000000'],
+    },
+  ];
+}
+
 export interface StoreOptions {
   /** A fresh directory for the sources, the layout and the image. */
   dir: string;
@@ -130,7 +144,7 @@ export async function makeStore(options: StoreOptions): Promise<Store> {
     keys,
     layoutDir,
     tag: options.tag,
-    targets: options.targets ?? DEFAULT_FIXTURE_TARGETS,
+    targets: options.targets ?? DEFAULT_VM_TARGETS(),
   });
   const tampered = options.tamper ? options.tamper(published) : null;
   const trustRoot = options.trustRoot ?? (options.keys ? testKeys().caSpkiDer : keys.caSpkiDer);
@@ -182,6 +196,24 @@ export function tamperTargetManifest(service: string): (published: PublishedFixt
     const file = blobPath(published.layoutDir, image.digest);
     const at = flipByte(file);
     return `flipped byte ${at} of ${service}'s image manifest ${image.digest.slice(0, 19)}…`;
+  };
+}
+
+/**
+ * Tamper: flips a byte in the top block of target `service`'s verity hash tree (after the
+ * squashfs, its padding and the verity superblock): the signed root hash no longer matches.
+ */
+export function tamperTargetVerityTree(service: string): (published: PublishedFixture) => string {
+  return (published) => {
+    const image = published.result.images.find((i) => i.serviceName === service);
+    if (!image) throw new Error(`no target ${service} in the published layout`);
+    const manifest = readBlobJson<{ layers: { digest: string }[] }>(published.layoutDir, image.digest);
+    const layer = manifest.layers[0]!.digest;
+    const file = blobPath(published.layoutDir, layer);
+    const bytesUsed = Number(readFileSync(file).readBigUInt64LE(40));
+    const treeStart = Math.ceil(bytesUsed / 4096) * 4096 + 4096;
+    const at = flipByte(file, treeStart + 100);
+    return `flipped byte ${at} (hash tree) of ${service}'s layer ${layer.slice(0, 19)}…`;
   };
 }
 

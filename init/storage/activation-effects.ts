@@ -1,0 +1,67 @@
+/**
+ * The real `ActivationEffects`: node:fs for reads and directories (libuv's thread pool, never
+ * the main thread for a read that may hit a slow or failing disk), the addon for the rest.
+ */
+import { chmodSync, close, existsSync, fstat, mkdirSync, open, read, readdirSync, rm } from 'node:fs';
+import type { Native } from '../../native/types.ts';
+import type { ActivationEffects } from './activate.ts';
+
+function openReadOnly(file: string): Promise<number> {
+  return new Promise((resolve, reject) => open(file, 'r', (error, fd) => (error ? reject(error) : resolve(fd))));
+}
+
+function closeQuietly(fd: number): void {
+  close(fd, () => {});
+}
+
+export function createActivationEffects(native: Native): ActivationEffects {
+  return {
+    native,
+    fileSize: async (file) => {
+      const fd = await openReadOnly(file);
+      try {
+        return await new Promise<number>((resolve, reject) => fstat(fd, (error, stats) => (error ? reject(error) : resolve(stats.size))));
+      } finally {
+        closeQuietly(fd);
+      }
+    },
+    readAt: async (file, offset, length) => {
+      const fd = await openReadOnly(file);
+      try {
+        const buffer = Buffer.alloc(length);
+        let filled = 0;
+        while (filled < length) {
+          const count = await new Promise<number>((resolve, reject) =>
+            read(fd, buffer, filled, length - filled, offset + filled, (error, bytes) => (error ? reject(error) : resolve(bytes))),
+          );
+          if (count === 0) throw Object.assign(new Error(`short read of ${file}: ${filled} of ${length} bytes at ${offset}`), { code: 'ESHORT' });
+          filled += count;
+        }
+        return buffer;
+      } finally {
+        closeQuietly(fd);
+      }
+    },
+    exists: (file) => existsSync(file),
+    chmod: (file, mode) => chmodSync(file, mode),
+    mkdirp: (dir) => void mkdirSync(dir, { recursive: true, mode: 0o755 }),
+    removeTree: (dir) => new Promise((resolve, reject) => rm(dir, { recursive: true, force: true }, (error) => (error ? reject(error) : resolve()))),
+  };
+}
+
+/** Loop devices with a backing file and dm devices, as the kernel lists them in /sys/block. */
+export function countBlockDevices(sysBlock = '/sys/block'): { loop: number; dm: number } {
+  let loop = 0;
+  let dm = 0;
+  let names: string[] = [];
+  try {
+    names = readdirSync(sysBlock);
+  } catch {
+    return { loop, dm };
+  }
+  for (const name of names) {
+    if (name.startsWith('dm-')) dm++;
+    else if (name.startsWith('loop') && existsSync(`${sysBlock}/${name}/loop/backing_file`)) loop++;
+  }
+  return { loop, dm };
+}

@@ -1,0 +1,200 @@
+/**
+ * The boot phase `storage`: every verified target is planned (targets.ts) and activated
+ * (activate.ts), and the container targets become the machine's services. A target that cannot
+ * be activated does not stop the boot: its service is `unavailable` and shows `failed` with the
+ * code (E_VERITY_ROOT_HASH, E_VERITY_CORRUPT, …) in `mosctl status`; the others run.
+ *
+ * Also the runtime side: when a run of an image-backed service ends, the verity device is
+ * asked whether it saw corrupted data (a service reading a corrupted block gets EIO, and its
+ * exec or page fault fails); if so the service ends `failed` with E_VERITY_CORRUPT instead of
+ * restarting into the same corruption.
+ */
+import { parseServiceConfig } from '../supervisor/spec.ts';
+import type { ServiceSpec } from '../supervisor/types.ts';
+import { activateTarget, deactivateTarget, verityStatus, type ActivationEffects, type ActiveTarget } from './activate.ts';
+import { planTargets, type StorageDirs, type TargetPlan } from './targets.ts';
+import type { VerifiedTarget } from '../trust/verify-install.ts';
+
+export interface TargetOutcome {
+  name: string;
+  type: TargetPlan['type'];
+  /** Its plan (null when it could not be planned). */
+  plan: TargetPlan | null;
+  /** Set when the target is active (mounted). */
+  active: ActiveTarget | null;
+  /** Set when it is not: the code and why. */
+  failure: { code: string; message: string } | null;
+}
+
+export interface StoragePhaseResult {
+  targets: TargetOutcome[];
+  /** The container targets as services (unavailable ones included, failing with their code). */
+  services: ServiceSpec[];
+}
+
+/** A container target's service: its image's process, chroot'ed into its overlay. */
+export function targetService(plan: TargetPlan): ServiceSpec | { code: 'E_IMAGE_CONFIG'; message: string } {
+  const process = plan.process!;
+  try {
+    const [spec] = parseServiceConfig(
+      {
+        services: [
+          {
+            name: plan.name,
+            argv: process.argv,
+            env: process.env,
+            cwd: process.cwd,
+            ...(process.uid === undefined ? {} : { uid: process.uid, gid: process.gid }),
+          },
+        ],
+      },
+      `image of ${plan.name}`,
+    );
+    return { ...spec!, root: plan.overlay!.rootDir };
+  } catch (error) {
+    return { code: 'E_IMAGE_CONFIG', message: (error as Error).message };
+  }
+}
+
+/** A service that cannot run: every start ends `failed` with the code (the machine never spawns it). */
+export function unavailableService(name: string, code: string, message: string): ServiceSpec {
+  const [spec] = parseServiceConfig({ services: [{ name, argv: ['/nonexistent'], restart: 'no' }] }, `target ${name}`);
+  return { ...spec!, unavailable: { code, message } };
+}
+
+export async function runStoragePhase(
+  targets: readonly VerifiedTarget[],
+  dirs: StorageDirs,
+  fx: ActivationEffects & { log(fields: object, message: string): void; say(line: string): void },
+): Promise<StoragePhaseResult> {
+  const outcomes: TargetOutcome[] = [];
+  const services: ServiceSpec[] = [];
+  for (const planned of planTargets(targets, dirs)) {
+    if (!planned.ok) {
+      outcomes.push({ name: planned.name, type: planned.type, plan: null, active: null, failure: { code: planned.code, message: planned.message } });
+      fx.say(`mos: storage: ${planned.name}: ${planned.code}: ${planned.message}`);
+      if (planned.type === 'container') services.push(unavailableService(planned.name, planned.code, planned.message));
+      continue;
+    }
+    const plan = planned.plan;
+    const activated = await activateTarget(plan, fx);
+    if (!activated.ok) {
+      outcomes.push({ name: plan.name, type: plan.type, plan, active: null, failure: { code: activated.code, message: activated.message } });
+      fx.say(`mos: storage: ${plan.name}: ${activated.code}: ${activated.message}`);
+      if (plan.type === 'container') services.push(unavailableService(plan.name, activated.code, activated.message));
+      continue;
+    }
+    const { active } = activated;
+    fx.log({ target: plan.name, type: plan.type, dm: active.dm.path, loop: active.loop.path, root: plan.overlay?.rootDir ?? plan.imageDir }, `target ${plan.name} active`);
+    fx.say(`mos: storage: ${plan.name} (${plan.type}) verified and mounted at ${plan.overlay?.rootDir ?? plan.imageDir}`);
+    outcomes.push({ name: plan.name, type: plan.type, plan, active, failure: null });
+    if (plan.type === 'container') {
+      const service = targetService(plan);
+      if ('code' in service) {
+        services.push(unavailableService(plan.name, service.code, service.message));
+        outcomes[outcomes.length - 1]!.failure = { code: service.code, message: service.message };
+      } else {
+        services.push(service);
+      }
+    }
+  }
+  return { targets: outcomes, services };
+}
+
+/** Tears every active target down, last first; returns what could not be undone. */
+export async function releaseTargets(outcomes: TargetOutcome[], fx: ActivationEffects): Promise<string[]> {
+  const problems: string[] = [];
+  for (const outcome of [...outcomes].reverse()) {
+    if (!outcome.active) continue;
+    const left = await deactivateTarget(outcome.active, fx);
+    outcome.active = null;
+    problems.push(...left.map((problem) => `${outcome.name}: ${problem}`));
+  }
+  return problems;
+}
+
+/**
+ * What to do when a run of `name` ended: `E_VERITY_CORRUPT` when its verity device has seen a
+ * corrupted block, else nothing. Asked after every exit and failed spawn of an image-backed
+ * service.
+ */
+export async function corruptionAfterRun(outcome: TargetOutcome, fx: Pick<ActivationEffects, 'native'>): Promise<{ code: 'E_VERITY_CORRUPT'; reason: string } | null> {
+  if (!outcome.active) return null;
+  const status = await verityStatus(outcome.active.dm.name, fx);
+  if (status !== 'corrupt') return null;
+  return {
+    code: 'E_VERITY_CORRUPT',
+    reason: `image of ${outcome.name} is corrupted: dm-verity refused blocks that do not match the signed root hash (reads gave EIO); not restarted`,
+  };
+}
+
+/**
+ * The image-backed services' resources for the supervisor: a container target's image is
+ * activated before its service starts (at boot already, by the storage phase) and released when
+ * the service is down for good (operator stop, failed), so stopping a service frees its overlay,
+ * dm and loop devices. One step at a time per target.
+ */
+/** The kernel's count of block devices mos makes (loop devices with a backing file, dm devices). */
+export interface DeviceCounts {
+  loop: number;
+  dm: number;
+}
+
+export class TargetResources {
+  private readonly byName = new Map<string, TargetOutcome & { plan: TargetPlan }>();
+  private readonly steps = new Map<string, Promise<unknown>>();
+
+  constructor(
+    outcomes: TargetOutcome[],
+    private readonly fx: ActivationEffects,
+    /** A console line per release, with the kernel's device counts before and after. */
+    private readonly report: { say(line: string): void; countDevices(): DeviceCounts } | null = null,
+  ) {
+    for (const outcome of outcomes) {
+      if (outcome.type === 'container' && outcome.plan !== null && outcome.failure === null) this.byName.set(outcome.name, outcome as TargetOutcome & { plan: TargetPlan });
+    }
+  }
+
+  needs(name: string): boolean {
+    return this.byName.has(name);
+  }
+
+  isReady(name: string): boolean {
+    return this.byName.get(name)?.active != null;
+  }
+
+  acquire(name: string): Promise<{ code: string; message: string } | null> {
+    return this.serialized(name, async () => {
+      const outcome = this.byName.get(name)!;
+      if (outcome.active) return null;
+      const result = await activateTarget(outcome.plan, this.fx);
+      if (!result.ok) return { code: result.code, message: result.message };
+      outcome.active = result.active;
+      this.report?.say(`mos: storage: ${name} (${outcome.type}) verified and mounted at ${outcome.plan.overlay?.rootDir ?? outcome.plan.imageDir}`);
+      return null;
+    });
+  }
+
+  release(name: string): Promise<void> {
+    return this.serialized(name, async () => {
+      const outcome = this.byName.get(name)!;
+      if (!outcome.active) return;
+      const active = outcome.active;
+      outcome.active = null;
+      const before = this.report?.countDevices();
+      const problems = await deactivateTarget(active, this.fx);
+      if (this.report && before) {
+        const after = this.report.countDevices();
+        this.report.say(`mos: storage: ${name} released (loop devices ${before.loop} -> ${after.loop}, dm devices ${before.dm} -> ${after.dm})`);
+      }
+      if (problems.length > 0) throw new Error(`releasing ${name}: ${problems.join('; ')}`);
+    });
+  }
+
+  private serialized<T>(name: string, step: () => Promise<T>): Promise<T> {
+    const previous = this.steps.get(name) ?? Promise.resolve();
+    const next = previous.then(step, step);
+    this.steps.set(name, next);
+    return next;
+  }
+}
