@@ -77,7 +77,15 @@ export const WANTED_MODULES = [
   'virtio_net', 'virtio-rng', 'veth', 'bridge', 'nf_tables', 'nft_chain_nat', 'nft_nat', 'nft_masq',
 ];
 /** Host binaries copied into the image with their `ldd` closure (path → Debian package). */
-export const BINARIES = { '/usr/bin/crun': 'crun', '/usr/sbin/ip': 'iproute2', '/usr/sbin/nft': 'nftables' };
+export const BINARIES = {
+  '/usr/bin/crun': 'crun',
+  '/usr/sbin/ip': 'iproute2',
+  '/usr/sbin/nft': 'nftables',
+  // Storage volumes: made and checked at boot (init/storage/volumes.ts); mke2fs has its
+  // defaults compiled in, so no /etc/mke2fs.conf is needed.
+  '/usr/sbin/mke2fs': 'e2fsprogs',
+  '/usr/sbin/e2fsck': 'e2fsprogs',
+};
 /** Kernel config symbols recorded in the manifest (y = built in, m = module). */
 const CONFIG_SYMBOLS = ['VIRTIO_PCI', 'VIRTIO_BLK', 'SQUASHFS', 'EXT4_FS', 'BLK_DEV_LOOP', 'OVERLAY_FS', 'BLK_DEV_DM', 'DM_VERITY', 'TCG_TPM', 'TCG_TIS', 'TCG_CRB', 'EFIVAR_FS', 'DEVTMPFS_MOUNT', 'MODULE_SIG', 'RD_ZSTD'];
 /**
@@ -108,6 +116,7 @@ const APT_TOOLS = {
   cpio: 'cpio', zstd: 'zstd', xz: 'xz-utils', objcopy: 'binutils', objdump: 'binutils', strip: 'binutils',
   sbsign: 'sbsigntool', sbverify: 'sbsigntool', 'mkfs.vfat': 'dosfstools', mcopy: 'mtools', depmod: 'kmod',
   crun: 'crun', ip: 'iproute2', nft: 'nftables', openssl: 'openssl', 'dpkg-deb': 'dpkg', faketime: 'faketime',
+  mke2fs: 'e2fsprogs', e2fsck: 'e2fsprogs',
 };
 const APT_FILES = { [STUB]: 'systemd-boot-efi', [SNAKEOIL.key]: 'ovmf', '/usr/share/OVMF/OVMF_CODE_4M.snakeoil.fd': 'ovmf' };
 

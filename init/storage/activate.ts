@@ -45,6 +45,12 @@ export interface ActivationEffects {
   /** Removes a directory tree (the writable layer of a container target). */
   removeTree(dir: string): Promise<void>;
   chmod(file: string, mode: number): void;
+  /**
+   * Makes `root` + `relative` a directory without following any symlink on the way (creating
+   * what is missing): an image's own symlink (`/data -> /etc`) must never turn a mount inside the
+   * service's root into one on the host. Throws when a component is a symlink or not a directory.
+   */
+  dirInside(root: string, relative: string): string;
 }
 
 /**
@@ -204,9 +210,19 @@ export async function activateTarget(plan: TargetPlan, fx: ActivationEffects): P
       return fail('E_OVERLAY', `${plan.name}: overlay on ${rootDir}: ${describe(error)}`);
     }
     done.push({ kind: 'mount', target: rootDir });
-    const devDir = `${rootDir}/dev`;
+    for (const volume of plan.volumeMounts ?? []) {
+      let dest: string;
+      try {
+        dest = fx.dirInside(rootDir, volume.dest);
+        await fx.native.mount({ source: volume.source, target: dest, fstype: '', flags: MountFlags.BIND, data: '' });
+      } catch (error) {
+        return fail('E_OVERLAY', `${plan.name}: volume ${volume.label} on ${volume.dest}: ${describe(error)}`);
+      }
+      done.push({ kind: 'mount', target: dest! });
+    }
+    let devDir: string;
     try {
-      fx.mkdirp(devDir);
+      devDir = fx.dirInside(rootDir, '/dev');
       await fx.native.mount({ source: 'tmpfs', target: devDir, fstype: 'tmpfs', flags: MountFlags.NOSUID | MountFlags.NOEXEC, data: 'mode=755,size=64k' });
     } catch (error) {
       return fail('E_OVERLAY', `${plan.name}: /dev for the service: ${describe(error)}`);

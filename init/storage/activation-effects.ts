@@ -2,7 +2,7 @@
  * The real `ActivationEffects`: node:fs for reads and directories (libuv's thread pool, never
  * the main thread for a read that may hit a slow or failing disk), the addon for the rest.
  */
-import { chmodSync, close, existsSync, fstat, mkdirSync, open, read, readdirSync, rm } from 'node:fs';
+import { chmodSync, close, existsSync, fstat, lstatSync, mkdirSync, open, read, readdirSync, rm } from 'node:fs';
 import type { Native } from '../../native/types.ts';
 import type { ActivationEffects } from './activate.ts';
 
@@ -12,6 +12,27 @@ function openReadOnly(file: string): Promise<number> {
 
 function closeQuietly(fd: number): void {
   close(fd, () => {});
+}
+
+/** See `ActivationEffects.dirInside`: component by component, lstat, never following a symlink. */
+export function dirInside(root: string, relative: string): string {
+  const parts = relative.split('/').filter((part) => part !== '' && part !== '.');
+  if (parts.includes('..')) throw new Error(`${relative}: ".." is not allowed inside a service root`);
+  let current = root;
+  for (const part of parts) {
+    current = `${current}/${part}`;
+    let stats;
+    try {
+      stats = lstatSync(current);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+      mkdirSync(current, { mode: 0o755 });
+      continue;
+    }
+    if (stats.isSymbolicLink()) throw new Error(`${current.slice(root.length)} is a symlink in the image: a mount there could land outside the service root`);
+    if (!stats.isDirectory()) throw new Error(`${current.slice(root.length)} is not a directory in the image`);
+  }
+  return current;
 }
 
 export function createActivationEffects(native: Native): ActivationEffects {
@@ -44,6 +65,7 @@ export function createActivationEffects(native: Native): ActivationEffects {
     },
     exists: (file) => existsSync(file),
     chmod: (file, mode) => chmodSync(file, mode),
+    dirInside,
     mkdirp: (dir) => void mkdirSync(dir, { recursive: true, mode: 0o755 }),
     removeTree: (dir) => new Promise((resolve, reject) => rm(dir, { recursive: true, force: true }, (error) => (error ? reject(error) : resolve()))),
   };

@@ -60,6 +60,8 @@ export interface TargetPlan {
   overlay?: { rootDir: string; upperDir: string; workDir: string };
   /** Container targets: the process from the image config. */
   process?: ImageProcess;
+  /** Container targets: storage volumes bound into the root (set once the volumes are ready). */
+  volumeMounts?: { source: string; dest: string; label: string }[];
 }
 
 export type TargetPlanResult =

@@ -217,6 +217,7 @@ export class Supervisor implements SupervisorApi {
   /** Resources being acquired or released, by service: the next step waits for the one before. */
   private readonly resourceSteps = new Map<string, Promise<void>>();
   private readonly acquiring = new Set<string>();
+  private readonly exitWaiters = new Map<number, (exit: ChildExit) => void>();
   private resources: ServiceResources | undefined;
   /** Respawns armed in the reaper (`syncArm`), by service: the pid and the next run's id. */
   private readonly armed = new Map<string, { pid: number; invocationId: string }>();
@@ -375,6 +376,14 @@ export class Supervisor implements SupervisorApi {
     this.logger.error({ service: name, pid: launch.pid }, `${name}: killed a run started ahead of a restart that did not happen`);
   }
 
+  /**
+   * The exit of a child PID 1 started itself (not a service), from the one reaper. Call it in the
+   * same turn as the spawn: the exit cannot be reaped before then.
+   */
+  waitForExit(pid: number): Promise<ChildExit> {
+    return new Promise((resolve) => this.exitWaiters.set(pid, resolve));
+  }
+
   get orphanCount(): number {
     return this.orphansReaped;
   }
@@ -404,6 +413,13 @@ export class Supervisor implements SupervisorApi {
     if (exit.respawn) {
       // Armed for a pid that is no service's any more: disarming missed it. It must not run on.
       this.discardRespawn(exit.respawn);
+    }
+    const waiter = this.exitWaiters.get(exit.pid);
+    if (waiter) {
+      // A tool PID 1 ran itself (mke2fs, e2fsck): its exit goes to whoever waits for it.
+      this.exitWaiters.delete(exit.pid);
+      waiter(exit);
+      return;
     }
     // Not a service's main process: an orphan re-parented to us, a daemon's forked-off parent
     // after MAINPID=, or a child whose exec failed. Reaping it is all there is to do.

@@ -67,6 +67,10 @@ function memoryEffects(native: FakeNative, files: Map<string, Buffer>, options: 
     },
     exists: (file) => file.startsWith('/dev/dm-'),
     chmod: () => {},
+    dirInside: (root, relative) => {
+      if (relative.includes('link')) throw new Error(`${relative} is a symlink in the image: a mount there could land outside the service root`);
+      return `${root}${relative}`;
+    },
     mkdirp: (dir) => void dirs.add(dir),
     removeTree: async (dir) => {
       removed.push(dir);
@@ -257,6 +261,21 @@ describe('activation', () => {
     expect(overlayFails.native.dmDevices.size + overlayFails.native.loops.size).toBe(0);
   });
 
+  it('binds the target\'s volumes into its root, never through a symlink of the image', async () => {
+    const { native, plan, fx } = setup();
+    plan.volumeMounts = [{ source: '/run/mos/volumes/data', dest: '/var/lib/data', label: 'data' }];
+    const result = await activateTarget(plan, fx);
+    if (!result.ok) throw new Error(result.message);
+    expect(native.mounts[2]).toEqual({ source: '/run/mos/volumes/data', target: '/run/mos/targets/web/root/var/lib/data', fstype: '', flags: 4096, data: '' });
+    await deactivateTarget(result.active, fx);
+    expect(native.umounts.map((u) => u.target)).toEqual(['/run/mos/targets/web/root/dev', '/run/mos/targets/web/root/var/lib/data', '/run/mos/targets/web/root', '/run/mos/targets/web/image']);
+
+    const linked = setup();
+    linked.plan.volumeMounts = [{ source: '/run/mos/volumes/data', dest: '/link/data', label: 'data' }];
+    expect(await activateTarget(linked.plan, linked.fx)).toMatchObject({ ok: false, code: 'E_OVERLAY', message: expect.stringMatching(/volume data on \/link\/data: \/link\/data is a symlink in the image/) });
+    expect(linked.native.dmDevices.size + linked.native.loops.size).toBe(0);
+  });
+
   it('a busy mount at teardown is detached lazily and reported; the rest still goes', async () => {
     const { native, plan, fx } = setup();
     const result = await activateTarget(plan, fx);
@@ -297,9 +316,9 @@ describe('storage phase', () => {
     ]);
     expect(result.services[0]).toMatchObject({ argv: ['/bin/busybox', 'httpd', '-f'], cwd: '/srv', env: { PATH: '/bin', MODE: 'demo' } });
     expect(lines).toEqual([
-      'mos: storage: web (container) verified and mounted at /run/mos/targets/web/root',
+      expect.stringMatching(/^mos: storage: web \(container\) verified and mounted at \/run\/mos\/targets\/web\/root in \d+ ms$/),
       expect.stringMatching(/^mos: storage: bad: E_VERITY_ROOT_HASH: image of bad: the signed verity root hash/),
-      'mos: storage: tools (fs-only) verified and mounted at /run/mos/targets/tools/image',
+      expect.stringMatching(/^mos: storage: tools \(fs-only\) verified and mounted at \/run\/mos\/targets\/tools\/image in \d+ ms$/),
     ]);
 
     // After a run ends: a corrupted device fails the service, a valid one does not.
