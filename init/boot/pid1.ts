@@ -73,7 +73,7 @@ import { provisionTrustRoot, TRUST_ROOT_NV_INDEX } from '../trust/trust-root.ts'
 import type { VerifiedInstall } from '../trust/verify-install.ts';
 import { STORE_LAYOUT_DIR } from '../trust/boot-trust.ts';
 import type { ActivationEffects } from '../storage/activate.ts';
-import { countBlockDevices, createActivationEffects } from '../storage/activation-effects.ts';
+import { countBlockDevices, createActivationEffects, createVolumeEffects } from '../storage/activation-effects.ts';
 import { corruptionAfterRun, releaseTargets, runStoragePhase, TargetResources, type StoragePhaseResult } from '../storage/storage-phase.ts';
 import { asFailure, readEmbeddedCa, runTrustPhase } from './trust-phase.ts';
 import {
@@ -438,7 +438,7 @@ export function runPid1(options: Pid1Options): Pid1Handle {
             // Overlays, images, verity and loop devices, before the general unmount below: what
             // the stopped services gave back already, then the rest (fs-only, hostfs).
             await supervisor.resourcesSettled();
-            const problems = await releaseTargets(storage.targets, storageEffects());
+            const problems = await releaseTargets(storage, storageEffects());
             if (problems.length > 0) log.warn({ problems }, `storage: could not release everything: ${problems.join('; ')}`);
             const left = countBlockDevices();
             say(`mos: storage: released all targets (loop devices left ${left.loop}, dm devices left ${left.dm})`);
@@ -637,10 +637,19 @@ export function runPid1(options: Pid1Options): Pid1Handle {
       policy: 'warn',
       run: async (context) => {
         if (verifiedInstall === null || verifiedLayoutDir === null) return context.skip('no verified install');
+        const report = { log: (fields: object, message: string) => log.info(fields, message), say };
+        const tools = { native, waitForExit: (pid: number) => supervisor.waitForExit(pid), scratchDir: stateDir, sleep };
         storage = await runStoragePhase(
           verifiedInstall.targets,
-          { layoutDir: verifiedLayoutDir, targetsDir: path.join(stateDir, 'targets'), scratchDir: path.join(stateDir, 'scratch') },
-          { ...storageEffects(), log: (fields, message) => log.info(fields, message), say },
+          verifiedInstall.install.storage ?? [],
+          {
+            layoutDir: verifiedLayoutDir,
+            targetsDir: path.join(stateDir, 'targets'),
+            scratchDir: path.join(stateDir, 'scratch'),
+            volumesDir: path.join(stateDir, 'volumes'),
+          },
+          { ...storageEffects(), ...report },
+          createVolumeEffects(native, tools, report),
         );
         supervisor.useResources(new TargetResources(storage.targets, storageEffects(), { say, countDevices: () => countBlockDevices() }));
         const failed = storage.targets.filter((target) => target.failure !== null);

@@ -2,7 +2,10 @@
  * The real `ActivationEffects`: node:fs for reads and directories (libuv's thread pool, never
  * the main thread for a read that may hit a slow or failing disk), the addon for the rest.
  */
-import { chmodSync, close, existsSync, fstat, lstatSync, mkdirSync, open, read, readdirSync, rm } from 'node:fs';
+import { chmodSync, close, existsSync, fstat, lstatSync, mkdirSync, open, read, readdirSync, readFileSync, rm } from 'node:fs';
+import { runTool, type ToolRunner } from '../boot/run-tool.ts';
+import type { VolumeEffects } from './volume-phase.ts';
+import { parseBlockDevice, type BlockDeviceInfo } from './volumes.ts';
 import type { Native } from '../../native/types.ts';
 import type { ActivationEffects } from './activate.ts';
 
@@ -86,4 +89,69 @@ export function countBlockDevices(sysBlock = '/sys/block'): { loop: number; dm: 
     else if (name.startsWith('loop') && existsSync(`${sysBlock}/${name}/loop/backing_file`)) loop++;
   }
   return { loop, dm };
+}
+
+/** The real `VolumeEffects`: /sys/class/block, device reads on the thread pool, tools through PID 1's reaper. */
+export function createVolumeEffects(
+  native: Native,
+  tools: ToolRunner,
+  report: { say(line: string): void; log(fields: object, message: string): void },
+  sysClassBlock = '/sys/class/block',
+): VolumeEffects {
+  const readText = (file: string): string | null => {
+    try {
+      return readFileSync(file, 'utf8');
+    } catch {
+      return null;
+    }
+  };
+  return {
+    native,
+    listBlockDevices: () => {
+      let names: string[] = [];
+      try {
+        names = readdirSync(sysClassBlock);
+      } catch {
+        return [];
+      }
+      const devices: BlockDeviceInfo[] = [];
+      for (const name of names) {
+        const dir = `${sysClassBlock}/${name}`;
+        // A partition's serial is its disk's; the disk is the parent directory of its sysfs node.
+        const device = parseBlockDevice(name, {
+          dev: readText(`${dir}/dev`),
+          size: readText(`${dir}/size`),
+          ro: readText(`${dir}/ro`),
+          serial: readText(`${dir}/serial`) ?? readText(`${dir}/device/serial`),
+          uevent: readText(`${dir}/uevent`),
+          partition: readText(`${dir}/partition`),
+        });
+        if (device) devices.push(device);
+      }
+      return devices;
+    },
+    readHead: async (device, length) => {
+      try {
+        const fd = await openReadOnly(device);
+        try {
+          const head = Buffer.alloc(length);
+          let filled = 0;
+          while (filled < length) {
+            const count = await new Promise<number>((resolve, reject) => read(fd, head, filled, length - filled, filled, (error, bytes) => (error ? reject(error) : resolve(bytes))));
+            if (count === 0) return null;
+            filled += count;
+          }
+          return head;
+        } finally {
+          closeQuietly(fd);
+        }
+      } catch {
+        return null;
+      }
+    },
+    runTool: (argv, timeoutMs) => runTool(tools, `/usr/sbin/${argv[0]}`, argv, timeoutMs),
+    mkdirp: (dir) => void mkdirSync(dir, { recursive: true, mode: 0o755 }),
+    say: report.say,
+    log: report.log,
+  };
 }

@@ -12,8 +12,11 @@
 import { parseServiceConfig } from '../supervisor/spec.ts';
 import type { ServiceSpec } from '../supervisor/types.ts';
 import { activateTarget, deactivateTarget, verityStatus, type ActivationEffects, type ActiveTarget } from './activate.ts';
-import { planTargets, type StorageDirs, type TargetPlan } from './targets.ts';
+import { planTarget, type StorageDirs, type TargetPlan } from './targets.ts';
 import type { VerifiedTarget } from '../trust/verify-install.ts';
+import type { StorageItem } from '../trust/formats.ts';
+import { prepareVolumes, releaseVolumes, type VolumeEffects, type VolumeOutcome } from './volume-phase.ts';
+import { planTargetMounts, type VolumePlan } from './volumes.ts';
 
 export interface TargetOutcome {
   name: string;
@@ -28,6 +31,8 @@ export interface TargetOutcome {
 
 export interface StoragePhaseResult {
   targets: TargetOutcome[];
+  /** The manifest's storage volumes by label. */
+  volumes: Map<string, VolumeOutcome>;
   /** The container targets as services (unavailable ones included, failing with their code). */
   services: ServiceSpec[];
 }
@@ -62,14 +67,49 @@ export function unavailableService(name: string, code: string, message: string):
   return { ...spec!, unavailable: { code, message } };
 }
 
+/** Whole milliseconds since `started` (process.hrtime.bigint(), CLOCK_MONOTONIC), for the console line. */
+function elapsedMs(started: bigint): number {
+  return Math.round(Number(process.hrtime.bigint() - started) / 1e6);
+}
+
+/** The volumes a target names, ready to bind into it, or why it cannot have them. */
+function targetVolumes(target: VerifiedTarget, volumes: Map<string, VolumeOutcome>): { ok: true; mounts: NonNullable<TargetPlan['volumeMounts']> } | { ok: false; code: string; message: string } {
+  for (const use of target.target.storage ?? []) {
+    const volume = volumes.get(use.label);
+    if (!volume?.mounted || !volume.plan) {
+      const cause = volume?.failure ?? { code: 'E_VOLUME_MISSING', message: `no storage item labelled ${use.label}` };
+      return { ok: false, code: cause.code, message: `${target.target.service_name} needs volume ${use.label} on ${use.dest}: ${cause.message}` };
+    }
+  }
+  const ready = new Map<string, VolumePlan>();
+  for (const [label, volume] of volumes) if (volume.mounted && volume.plan) ready.set(label, volume.plan);
+  const planned = planTargetMounts(target.target, ready);
+  return planned.ok ? { ok: true, mounts: planned.mounts } : { ok: false, code: planned.code, message: planned.message };
+}
+
 export async function runStoragePhase(
   targets: readonly VerifiedTarget[],
-  dirs: StorageDirs,
+  storage: readonly StorageItem[],
+  dirs: StorageDirs & { volumesDir: string },
   fx: ActivationEffects & { log(fields: object, message: string): void; say(line: string): void },
+  volumeFx: VolumeEffects | null,
 ): Promise<StoragePhaseResult> {
   const outcomes: TargetOutcome[] = [];
   const services: ServiceSpec[] = [];
-  for (const planned of planTargets(targets, dirs)) {
+  const volumes = volumeFx ? await prepareVolumes(storage, dirs.volumesDir, volumeFx) : new Map<string, VolumeOutcome>();
+  for (const target of targets) {
+    const planned = planTarget(target, dirs);
+    if (planned.ok && planned.plan.type === 'container' && (target.target.storage ?? []).length > 0) {
+      const mounts = targetVolumes(target, volumes);
+      if (!mounts.ok) {
+        const { plan } = planned;
+        outcomes.push({ name: plan.name, type: plan.type, plan: null, active: null, failure: { code: mounts.code, message: mounts.message } });
+        fx.say(`mos: storage: ${plan.name}: ${mounts.code}: ${mounts.message}`);
+        services.push(unavailableService(plan.name, mounts.code, mounts.message));
+        continue;
+      }
+      planned.plan.volumeMounts = mounts.mounts;
+    }
     if (!planned.ok) {
       outcomes.push({ name: planned.name, type: planned.type, plan: null, active: null, failure: { code: planned.code, message: planned.message } });
       fx.say(`mos: storage: ${planned.name}: ${planned.code}: ${planned.message}`);
@@ -77,7 +117,9 @@ export async function runStoragePhase(
       continue;
     }
     const plan = planned.plan;
+    const started = process.hrtime.bigint();
     const activated = await activateTarget(plan, fx);
+    const took = elapsedMs(started);
     if (!activated.ok) {
       outcomes.push({ name: plan.name, type: plan.type, plan, active: null, failure: { code: activated.code, message: activated.message } });
       fx.say(`mos: storage: ${plan.name}: ${activated.code}: ${activated.message}`);
@@ -86,7 +128,7 @@ export async function runStoragePhase(
     }
     const { active } = activated;
     fx.log({ target: plan.name, type: plan.type, dm: active.dm.path, loop: active.loop.path, root: plan.overlay?.rootDir ?? plan.imageDir }, `target ${plan.name} active`);
-    fx.say(`mos: storage: ${plan.name} (${plan.type}) verified and mounted at ${plan.overlay?.rootDir ?? plan.imageDir}`);
+    fx.say(`mos: storage: ${plan.name} (${plan.type}) verified and mounted at ${plan.overlay?.rootDir ?? plan.imageDir} in ${took} ms`);
     outcomes.push({ name: plan.name, type: plan.type, plan, active, failure: null });
     if (plan.type === 'container') {
       const service = targetService(plan);
@@ -98,18 +140,19 @@ export async function runStoragePhase(
       }
     }
   }
-  return { targets: outcomes, services };
+  return { targets: outcomes, volumes, services };
 }
 
-/** Tears every active target down, last first; returns what could not be undone. */
-export async function releaseTargets(outcomes: TargetOutcome[], fx: ActivationEffects): Promise<string[]> {
+/** Tears every active target down, last first, then unmounts the volumes; returns what could not be undone. */
+export async function releaseTargets(result: Pick<StoragePhaseResult, 'targets' | 'volumes'>, fx: ActivationEffects): Promise<string[]> {
   const problems: string[] = [];
-  for (const outcome of [...outcomes].reverse()) {
+  for (const outcome of [...result.targets].reverse()) {
     if (!outcome.active) continue;
     const left = await deactivateTarget(outcome.active, fx);
     outcome.active = null;
     problems.push(...left.map((problem) => `${outcome.name}: ${problem}`));
   }
+  problems.push(...(await releaseVolumes(result.volumes, fx)));
   return problems;
 }
 
@@ -167,10 +210,12 @@ export class TargetResources {
     return this.serialized(name, async () => {
       const outcome = this.byName.get(name)!;
       if (outcome.active) return null;
+      const started = process.hrtime.bigint();
       const result = await activateTarget(outcome.plan, this.fx);
+      const took = elapsedMs(started);
       if (!result.ok) return { code: result.code, message: result.message };
       outcome.active = result.active;
-      this.report?.say(`mos: storage: ${name} (${outcome.type}) verified and mounted at ${outcome.plan.overlay?.rootDir ?? outcome.plan.imageDir}`);
+      this.report?.say(`mos: storage: ${name} (${outcome.type}) verified and mounted at ${outcome.plan.overlay?.rootDir ?? outcome.plan.imageDir} in ${took} ms`);
       return null;
     });
   }

@@ -304,7 +304,7 @@ describe('storage phase', () => {
     ]);
     const lines: string[] = [];
     const { fx } = memoryEffects(native, files);
-    const result = await runStoragePhase(targets, DIRS, { ...fx, log: () => {}, say: (line) => void lines.push(line) });
+    const result = await runStoragePhase(targets, [], { ...DIRS, volumesDir: '/run/mos/volumes' }, { ...fx, log: () => {}, say: (line) => void lines.push(line) }, null);
     expect(result.targets.map((t) => [t.name, t.failure?.code ?? 'active'])).toEqual([
       ['web', 'active'],
       ['bad', 'E_VERITY_ROOT_HASH'],
@@ -327,7 +327,7 @@ describe('storage phase', () => {
     native.corruptDm('mos-web');
     expect(await corruptionAfterRun(web, fx)).toMatchObject({ code: 'E_VERITY_CORRUPT' });
 
-    expect(await releaseTargets(result.targets, fx)).toEqual([]);
+    expect(await releaseTargets(result, fx)).toEqual([]);
     expect(native.dmDevices.size + native.loops.size).toBe(0);
     expect(result.targets.every((t) => t.active === null)).toBe(true);
   });
@@ -347,5 +347,58 @@ describe('activation of a one-block image (no hash tree: the root hash is the da
     expect(result.ok, JSON.stringify(result)).toBe(true);
     const wrong = planFor({ ...image, rootHash: image.rootHash });
     expect(await activateTarget(wrong, memoryEffects(new FakeNative(), new Map([[wrong.blobPath, blob]])).fx)).toMatchObject({ ok: false, code: 'E_VERITY_ROOT_HASH' });
+  });
+});
+
+describe('storage phase with volumes', () => {
+  it('binds a ready volume into its service; a missing volume or another nsgroup\'s fails only that service', async () => {
+    const native = new FakeNative();
+    const image = makeVerityImage({ dataBlocks: 2 });
+    const withStorage = (name: string, digest: string, storage: { dest: string; label: string }[]) => {
+      const target = verifiedTarget(name, { rootHash: image.rootHash, digest });
+      target.target.storage = storage;
+      return target;
+    };
+    const targets = [
+      withStorage('notes', `sha256:${'01'.repeat(32)}`, [{ dest: '/keep', label: 'keep' }]),
+      withStorage('lost', `sha256:${'02'.repeat(32)}`, [{ dest: '/data', label: 'absent' }]),
+      withStorage('nosy', `sha256:${'03'.repeat(32)}`, [{ dest: '/peek', label: 'keep' }]),
+    ];
+    const files = new Map(['01', '02', '03'].map((d) => [`/run/mos/store/oci/blobs/sha256/${d.repeat(32)}`, image.blob]));
+    const { fx } = memoryEffects(native, files);
+    const lines: string[] = [];
+    const volumeFx = {
+      native,
+      listBlockDevices: () => [{ name: 'vdb', path: '/dev/vdb', major: 254, minor: 16, sizeBytes: 32 << 20, readOnly: false, serial: 'keep', partName: null, isPartition: false }],
+      readHead: async (_device: string, length: number) => Buffer.alloc(length),
+      runTool: async () => ({ code: 0, signal: null, output: '', timedOut: false }),
+      mkdirp: () => {},
+      say: (line: string) => void lines.push(line),
+      log: () => {},
+    };
+    const result = await runStoragePhase(
+      targets,
+      [
+        { label: 'keep', persistent: true, nsgroup: 'notes', size: 16 },
+        { label: 'absent', persistent: true, nsgroup: 'lost', size: 16 },
+      ],
+      { ...DIRS, volumesDir: '/run/mos/volumes' },
+      { ...fx, log: () => {}, say: (line) => void lines.push(line) },
+      volumeFx,
+    );
+    expect(result.targets.map((t) => [t.name, t.failure?.code ?? 'active'])).toEqual([
+      ['notes', 'active'],
+      ['lost', 'E_VOLUME_MISSING'],
+      ['nosy', 'E_VOLUME_NSGROUP'],
+    ]);
+    expect(result.services.map((s) => [s.name, s.unavailable?.code ?? null])).toEqual([
+      ['notes', null],
+      ['lost', 'E_VOLUME_MISSING'],
+      ['nosy', 'E_VOLUME_NSGROUP'],
+    ]);
+    expect(native.mounts.some((m) => m.source === '/run/mos/volumes/keep' && m.target === '/run/mos/targets/notes/root/keep' && m.flags === 4096)).toBe(true);
+    expect(lines).toContain('mos: storage: volume absent: E_VOLUME_MISSING: ' + result.volumes.get('absent')!.failure!.message);
+    expect(await releaseTargets(result, fx)).toEqual([]);
+    expect(native.umounts.at(-1)!.target).toBe('/run/mos/volumes/keep');
   });
 });

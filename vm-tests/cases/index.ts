@@ -10,6 +10,7 @@ import trustCmdlinePcr from './07-trust-cmdline-pcr/case.ts';
 import trustForeignKeyset from './08-trust-foreign-keyset/case.ts';
 import trustTamperedBlob from './09-trust-tampered-blob/case.ts';
 import verityImages from './10-verity-images/case.ts';
+import storageVolumes from './11-storage-volumes/case.ts';
 
 export const cases: readonly VmCase[] = [
   directBoot,
@@ -22,6 +23,7 @@ export const cases: readonly VmCase[] = [
   trustForeignKeyset,
   trustTamperedBlob,
   verityImages,
+  storageVolumes,
 ];
 
 /** Cases matching any selector: a number (`1`, `01`), a folder name, or part of one. */

@@ -111,6 +111,8 @@ export interface StoreOptions {
   /** The trust root the machine holds (default: the test keyset's CA), for `expected`. */
   trustRoot?: Buffer;
   targets?: FixtureTarget[];
+  /** More top-level manifest.yaml fields (e.g. `storage`). */
+  manifest?: Record<string, unknown>;
   tag?: string;
   /** Changes the published layout before it is packed; returns what it did (for logs). */
   tamper?: (published: PublishedFixture) => string;
@@ -145,6 +147,7 @@ export async function makeStore(options: StoreOptions): Promise<Store> {
     layoutDir,
     tag: options.tag,
     targets: options.targets ?? DEFAULT_VM_TARGETS(),
+    ...(options.manifest ? { manifest: options.manifest } : {}),
   });
   const tampered = options.tamper ? options.tamper(published) : null;
   const trustRoot = options.trustRoot ?? (options.keys ? testKeys().caSpkiDer : keys.caSpkiDer);

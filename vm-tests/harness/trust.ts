@@ -2,6 +2,7 @@
  * Shared steps of the trust cases (06-09, issue 4): the command lines, waits that fail fast on the
  * opposite outcome, and the checks a refused boot must pass.
  */
+import type { ExtraDrive } from './qemu.ts';
 import assert from 'node:assert/strict';
 import { statSync } from 'node:fs';
 import type { CaseContext } from './case.ts';
@@ -116,9 +117,11 @@ export function trustLines(vm: Machine, since = 0): string[] {
  */
 export function bootWithStore(
   t: CaseContext,
-  options: { name: string; kind: 'direct' | 'uefi'; store: Store; esp?: string; tpmStateDir?: string; cmdline?: readonly string[] },
+  options: { name: string; kind: 'direct' | 'uefi'; store: Store; esp?: string; tpmStateDir?: string; cmdline?: readonly string[]; extraDrives?: readonly ExtraDrive[] },
 ): Promise<Machine> {
-  const common = { name: options.name, drives: [options.store.drive], tpm: true, tpmStateDir: options.tpmStateDir, control: true };
+  // The store first: its device node (mos.store=) is the first disk after the ESP.
+  const drives = [options.store.drive, ...(options.extraDrives ?? [])];
+  const common = { name: options.name, drives, tpm: true, tpmStateDir: options.tpmStateDir, control: true };
   if (options.kind === 'uefi') {
     if (!options.esp) throw new Error('a UEFI trust boot needs the ESP of a UKI variant (harness/uki.ts)');
     return t.boot({ ...common, boot: 'uefi', secureBoot: true, esp: options.esp });
