@@ -15,7 +15,7 @@ import { activateTarget, deactivateTarget, verityStatus, type ActivationEffects,
 import { planTarget, type StorageDirs, type TargetPlan } from './targets.ts';
 import type { VerifiedTarget } from '../trust/verify-install.ts';
 import type { StorageItem } from '../trust/formats.ts';
-import { prepareVolumes, releaseVolumes, type VolumeEffects, type VolumeOutcome } from './volume-phase.ts';
+import { prepareScratchDisk, prepareVolumes, releaseVolumes, SCRATCH_LABEL, type VolumeEffects, type VolumeOutcome } from './volume-phase.ts';
 import { planTargetMounts, type VolumePlan } from './volumes.ts';
 
 export interface TargetOutcome {
@@ -97,8 +97,12 @@ export async function runStoragePhase(
   const outcomes: TargetOutcome[] = [];
   const services: ServiceSpec[] = [];
   const volumes = volumeFx ? await prepareVolumes(storage, dirs.volumesDir, volumeFx) : new Map<string, VolumeOutcome>();
+  // The writable layers go to the scratch disk when there is one (tmpfs otherwise, or if it fails).
+  const scratch = volumeFx ? await prepareScratchDisk(dirs.volumesDir, volumeFx) : null;
+  if (scratch) volumes.set(SCRATCH_LABEL, scratch);
+  const targetDirs = scratch?.mounted && scratch.plan ? { ...dirs, scratchDir: scratch.plan.mountDir } : dirs;
   for (const target of targets) {
-    const planned = planTarget(target, dirs);
+    const planned = planTarget(target, targetDirs);
     if (planned.ok && planned.plan.type === 'container' && (target.target.storage ?? []).length > 0) {
       const mounts = targetVolumes(target, volumes);
       if (!mounts.ok) {

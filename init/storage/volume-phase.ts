@@ -98,6 +98,21 @@ export async function prepareVolumes(items: readonly StorageItem[], volumesDir: 
   return outcomes;
 }
 
+/** The label of the machine's own scratch disk (a reserved storage label: no manifest may use it). */
+export const SCRATCH_LABEL = 'machine-scratch';
+
+/**
+ * The writable layers' home: a disk or partition labelled `machine-scratch` when the machine has
+ * one, made afresh at every boot (so no upper dir of one boot is ever seen by the next), else
+ * null: the caller keeps them on tmpfs.
+ */
+export async function prepareScratchDisk(volumesDir: string, fx: VolumeEffects): Promise<VolumeOutcome | null> {
+  const devices = fx.listBlockDevices();
+  if (!findVolumeDevice(SCRATCH_LABEL, devices).ok) return null;
+  const outcomes = await prepareVolumes([{ label: SCRATCH_LABEL, persistent: false, nsgroup: 'none', size: 1 }], volumesDir, fx);
+  return outcomes.get(SCRATCH_LABEL) ?? null;
+}
+
 function describeRun(run: ToolRun): string {
   const status = run.timedOut ? 'timed out' : run.signal ? `was killed by ${run.signal}` : run.code === null ? 'could not run' : `exited with ${run.code}`;
   const tail = run.output.trim().split('\n').slice(-3).join(' | ');

@@ -402,3 +402,42 @@ describe('storage phase with volumes', () => {
     expect(native.umounts.at(-1)!.target).toBe('/run/mos/volumes/keep');
   });
 });
+
+describe('storage phase with a scratch disk', () => {
+  it('puts the writable layers on a disk labelled machine-scratch, made afresh each boot; tmpfs without one', async () => {
+    const image = makeVerityImage({ dataBlocks: 2 });
+    const run = async (devices: { serial: string }[]) => {
+      const native = new FakeNative();
+      const target = verifiedTarget('web', { rootHash: image.rootHash });
+      const { fx } = memoryEffects(native, new Map([[`/run/mos/store/oci/blobs/sha256/${'ab'.repeat(32)}`, image.blob]]));
+      const tools: string[][] = [];
+      const volumeFx = {
+        native,
+        listBlockDevices: () => devices.map((d, i) => ({ name: `vd${'bc'[i]}`, path: `/dev/vd${'bc'[i]}`, major: 254, minor: 16 * (i + 1), sizeBytes: 64 << 20, readOnly: false, serial: d.serial, partName: null, isPartition: false })),
+        readHead: async (_device: string, length: number) => Buffer.alloc(length),
+        runTool: async (argv: string[]) => {
+          tools.push(argv);
+          return { code: 0, signal: null, output: '', timedOut: false };
+        },
+        mkdirp: () => {},
+        say: () => {},
+        log: () => {},
+      };
+      const result = await runStoragePhase([target], [], { ...DIRS, volumesDir: '/run/mos/volumes' }, { ...fx, log: () => {}, say: () => {} }, volumeFx);
+      return { result, tools, native };
+    };
+    const withDisk = await run([{ serial: 'machine-scratch' }]);
+    expect(withDisk.tools.map((argv) => argv[0])).toEqual(['mke2fs']);
+    expect(withDisk.result.targets[0]!.plan!.overlay).toEqual({
+      rootDir: '/run/mos/targets/web/root',
+      upperDir: '/run/mos/volumes/machine-scratch/web/upper',
+      workDir: '/run/mos/volumes/machine-scratch/web/work',
+    });
+    expect(await releaseTargets(withDisk.result, memoryEffects(withDisk.native, new Map()).fx)).toEqual([]);
+    expect(withDisk.native.umounts.at(-1)!.target).toBe('/run/mos/volumes/machine-scratch');
+
+    const without = await run([]);
+    expect(without.tools).toEqual([]);
+    expect(without.result.targets[0]!.plan!.overlay!.upperDir).toBe('/run/mos/scratch/web/upper');
+  });
+});

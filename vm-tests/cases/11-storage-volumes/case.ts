@@ -6,6 +6,7 @@
  *             and says what it found. Boot 1: both empty. Boot 2 (same disks): keep has the marker,
  *             temp is empty again.
  *   lost      uses absent: fails with E_VOLUME_MISSING; notes runs regardless.
+ * A disk labelled machine-scratch holds the writable layers, made afresh at each boot.
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -71,7 +72,8 @@ export default defineCase({
       execFileSync('truncate', ['-s', '32M', file]);
       return { file, serial: label, format: 'raw' };
     };
-    const disks = [disk('keep'), disk('temp')];
+    // And the machine's scratch disk: the writable layers go there, made afresh at every boot.
+    const disks = [disk('keep'), disk('temp'), disk('machine-scratch')];
     const tpmStateDir = t.tpmState();
     const failOn = [Markers.kernelPanic, Markers.emergency];
 
@@ -109,6 +111,7 @@ export default defineCase({
     assert.match(second.lines, /volume temp: empty/);
     assert.match(second.vm.console.content, /mos: storage: volume keep \(persistent\) checked and mounted/);
     assert.match(second.vm.console.content, /mos: storage: volume temp \(recreated each boot\) made afresh and mounted/);
+    assert.match(second.vm.console.content, /mos: storage: volume machine-scratch \(recreated each boot\) made afresh and mounted/);
     t.step(`boot 2 after ${second.vm.elapsed}: keep kept its file, temp was recreated`);
     await second.vm.powerOff(Timeouts.shutdown);
   },
