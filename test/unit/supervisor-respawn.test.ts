@@ -14,9 +14,10 @@ import {
 } from '../../init/supervisor/machine.ts';
 import type { ServiceSpec } from '../../init/supervisor/types.ts';
 import { FakeNative } from '../../native/fake.ts';
-import { Supervisor, type ServiceLogs } from '../../init/supervisor/supervisor.ts';
+import { Supervisor } from '../../init/supervisor/supervisor.ts';
 import { parseServiceConfig } from '../../init/supervisor/spec.ts';
 import { FakeClock } from '../helpers/fake-clock.ts';
+import { MemoryLogs, silentLogger } from '../helpers/memory-logs.ts';
 import { makeSpec } from '../helpers/specs.ts';
 
 type Exit = { code: number | null; signal: string | null };
@@ -141,23 +142,7 @@ describe('restartsAtOnce and respawnsWhateverItsExit agree with the state machin
 
 // ── the supervisor ────────────────────────────────────────────────────────────────────────────
 
-const silent = { info() {}, warn() {}, error() {}, debug() {} };
-
-class MemoryLogs implements ServiceLogs {
-  readonly appended: string[] = [];
-  open() {
-    return { stdout: 101, stderr: 102 };
-  }
-  append(service: string, _stream: 'stdout' | 'stderr', text: string) {
-    this.appended.push(`${service}: ${text}`);
-  }
-  tail() {
-    return [];
-  }
-  follow() {
-    return () => {};
-  }
-}
+const silent = silentLogger;
 
 function setup(services: unknown[]) {
   const native = new FakeNative();

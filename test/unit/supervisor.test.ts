@@ -4,28 +4,12 @@
  */
 import { describe, expect, it } from 'vitest';
 import { FakeNative } from '../../native/fake.ts';
-import { Supervisor, type ServiceLogs } from '../../init/supervisor/supervisor.ts';
-import type { LogLine } from '../../init/log/types.ts';
+import { Supervisor } from '../../init/supervisor/supervisor.ts';
 import { parseServiceConfig } from '../../init/supervisor/spec.ts';
 import { FakeClock } from '../helpers/fake-clock.ts';
+import { MemoryLogs, silentLogger } from '../helpers/memory-logs.ts';
 
-const silent = { info() {}, warn() {}, error() {}, debug() {} };
-
-class MemoryLogs implements ServiceLogs {
-  readonly appended: string[] = [];
-  open() {
-    return { stdout: 101, stderr: 102 };
-  }
-  append(service: string, _stream: 'stdout' | 'stderr', text: string) {
-    this.appended.push(`${service}: ${text}`);
-  }
-  tail(): LogLine[] {
-    return [];
-  }
-  follow() {
-    return () => {};
-  }
-}
+const silent = silentLogger;
 
 function setup(services: unknown[], options: { sessionOf?: (pid: number) => number | null } = {}) {
   const native = new FakeNative();
