@@ -5,7 +5,7 @@
  * API failure becomes an error response, and a client that disconnects, floods or stops reading
  * costs at most its own connection.
  */
-import { chmodSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
+import { chmodSync, lstatSync, mkdirSync, renameSync, rmSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { dirname } from 'node:path';
@@ -202,21 +202,31 @@ function isServing(socketPath: string): Promise<boolean> {
   });
 }
 
+/** sun_path holds 108 bytes with the terminating NUL. */
+const SUN_PATH_MAX = 107;
+
 function listenRootOnly(sockets: ControlSockets, socketPath: string): number {
+  // The socket appears under its name only once it listens (and has its mode): bound under a
+  // temporary name and renamed, so a client that sees the file never meets ECONNREFUSED from
+  // the instant between bind(2) and listen(2). A path too long for the suffix is bound directly.
+  const staging = Buffer.byteLength(`${socketPath}.new`) <= SUN_PATH_MAX ? `${socketPath}.new` : socketPath;
+  rmSync(staging === socketPath ? `${socketPath}.new` : staging, { force: true });
   // bind(2) creates the socket file with 0777 & ~umask: the temporary umask makes it 0600 from
   // its first moment instead of after a chmod.
   const previousUmask = process.umask(0o177);
   let fd: number;
   try {
-    fd = sockets.listenUnixStream(socketPath, LISTEN_BACKLOG);
+    fd = sockets.listenUnixStream(staging, LISTEN_BACKLOG);
   } finally {
     process.umask(previousUmask);
   }
   try {
     // A default ACL on the directory overrides the umask; the mode must be exact regardless.
-    chmodSync(socketPath, 0o600);
+    chmodSync(staging, 0o600);
+    if (staging !== socketPath) renameSync(staging, socketPath);
   } catch (error) {
     sockets.close(fd);
+    rmSync(staging, { force: true });
     throw error;
   }
   return fd;

@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { fstatSync } from 'node:fs';
 import { lstat, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
@@ -328,6 +329,25 @@ describe('control server', () => {
     expect(socketStats.isSocket()).toBe(true);
     expect(socketStats.mode & 0o777).toBe(0o600);
     expect((await stat(join(dir, 'run'))).mode & 0o777).toBe(0o700);
+  });
+
+  it('shows the socket under its name only once it listens (bound under a staging name, then renamed)', async () => {
+    const bound: string[] = [];
+    const watching = {
+      ...sockets,
+      listenUnixStream(path: string, backlog: number) {
+        bound.push(path);
+        // At bind time the final name must not exist yet: a client seeing it would get ECONNREFUSED.
+        expect(existsSync(socketPath)).toBe(false);
+        return sockets.listenUnixStream(path, backlog);
+      },
+    };
+    server = await startControlServer({ sockets: watching, path: socketPath, api: fake, peerCredentials: asRoot });
+    expect(bound).toEqual([`${socketPath}.new`]);
+    expect(existsSync(`${socketPath}.new`)).toBe(false);
+    const client = await ControlClient.connect(socketPath);
+    expect((await client.request({ cmd: 'list' })).length).toBe(2);
+    client.close();
   });
 
   it('replaces a stale socket file', async () => {
