@@ -27,6 +27,7 @@ const APT_COMMANDS = {
   'mkfs.ext4': 'e2fsprogs', // storage volumes (test images; the initramfs ships its own copy)
   '/bin/busybox': 'busybox-static', // the program in the VM tests' service images (runs without libraries)
   zstd: 'zstd', // mosb reads tar+zstd source layers through it (umoci cannot)
+  crun: 'crun', // runs the generated OCI bundles in the privileged tests (and in the image)
 };
 
 function run(command, args, options = {}) {
