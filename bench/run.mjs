@@ -28,6 +28,7 @@ import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
+import { hostFacts } from './host-facts.mjs';
 
 const ROOT = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
 const BENCH_DIR = path.join(ROOT, 'bench');
@@ -716,8 +717,6 @@ async function measureScale(supervisor, serviceCount) {
 // Report
 
 function machineInfo() {
-  const cpuinfo = readFileSync('/proc/cpuinfo', 'utf8');
-  const memTotalKiB = Number(/^MemTotal:\s+(\d+)/m.exec(readFileSync('/proc/meminfo', 'utf8'))?.[1] ?? 0);
   const version = (pkg) => {
     try {
       return run('dpkg-query', ['-W', '-f', '${Version}', pkg]).trim();
@@ -725,24 +724,7 @@ function machineInfo() {
       return 'unknown';
     }
   };
-  let mosRevision = 'unknown';
-  try {
-    mosRevision = run('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD']).trim();
-    if (run('git', ['-C', ROOT, 'status', '--porcelain']).trim()) mosRevision += ' + uncommitted changes';
-  } catch {
-    // not a git checkout
-  }
-  return {
-    cpu: /^model name\s*:\s*(.+)$/m.exec(cpuinfo)?.[1]?.trim() ?? 'unknown',
-    cores: os.cpus().length,
-    ramGiB: (memTotalKiB / 1024 / 1024).toFixed(1),
-    kernel: os.release(),
-    os: existsSync('/etc/debian_version') ? `Debian ${readFileSync('/etc/debian_version', 'utf8').trim()}` : os.type(),
-    node: process.version,
-    s6: version('s6'),
-    runit: version('runit'),
-    mos: mosRevision,
-  };
+  return { ...hostFacts(ROOT), s6: version('s6'), runit: version('runit') };
 }
 
 const fmtMs = (value) => (Number.isFinite(value) ? (value < 10 ? value.toFixed(2) : value.toFixed(0)) : '—');

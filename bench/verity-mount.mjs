@@ -14,6 +14,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
+import { hostFacts } from './host-facts.mjs';
 
 const ROOT = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
 const BENCH_DIR = path.join(ROOT, 'bench');
@@ -314,15 +315,6 @@ function verityShape(layerBlob) {
 // Results
 
 function machineInfo() {
-  const cpuinfo = readFileSync('/proc/cpuinfo', 'utf8');
-  const memTotalKiB = Number(/^MemTotal:\s+(\d+)/m.exec(readFileSync('/proc/meminfo', 'utf8'))?.[1] ?? 0);
-  let mosRevision = 'unknown';
-  try {
-    mosRevision = run('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD']).trim();
-    if (run('git', ['-C', ROOT, 'status', '--porcelain']).trim()) mosRevision += ' + uncommitted changes';
-  } catch {
-    // not a git checkout
-  }
   let guestKernel = 'unknown';
   try {
     guestKernel = JSON.parse(readFileSync(path.join(ROOT, 'build', 'manifest.json'), 'utf8')).inputs?.kernel?.release ?? 'unknown';
@@ -331,16 +323,10 @@ function machineInfo() {
   }
   const initrd = path.join(ROOT, 'build', 'initramfs-test.cpio');
   return {
-    cpu: /^model name\s*:\s*(.+)$/m.exec(cpuinfo)?.[1]?.trim() ?? 'unknown',
-    cores: os.cpus().length,
-    ramGiB: (memTotalKiB / 1024 / 1024).toFixed(1),
-    kernel: os.release(),
-    os: existsSync('/etc/debian_version') ? `Debian ${readFileSync('/etc/debian_version', 'utf8').trim()}` : os.type(),
-    node: process.version,
+    ...hostFacts(ROOT),
     qemu: toolVersion('qemu-system-x86_64', ['--version']),
     guestKernel,
     initrd: existsSync(initrd) ? sha256(readFileSync(initrd)).slice(0, 12) : 'missing',
-    mos: mosRevision,
   };
 }
 
