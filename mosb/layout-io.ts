@@ -10,7 +10,7 @@ import { mkdir, open, readdir, rename, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { ANNOTATION, MAX_BYTES, MEDIA_TYPE } from '../init/trust/formats.ts';
 import { MosbError } from './errors.ts';
-import type { OciSource } from './manifest-yaml.ts';
+import { describeSource, type OciSource } from './manifest-yaml.ts';
 import {
   type Blob,
   type Descriptor,
@@ -57,7 +57,7 @@ export interface SourceImage {
 /** Finds `source.tag` in the OCI layout at `source.dir` (resolved against `baseDir`). */
 export async function readSourceImage(source: OciSource, baseDir: string): Promise<SourceImage> {
   const layout = path.resolve(baseDir, source.dir);
-  const label = `oci:${source.dir}:${source.tag}`;
+  const label = describeSource(source);
   const layoutFile = await readBounded(path.join(layout, 'oci-layout'), MAX_BYTES.ociLayout, label, 'E_SOURCE');
   checkLayoutFile(layoutFile, `${label}: oci-layout`, 'E_SOURCE');
   const index = parseImageIndex(await readBounded(path.join(layout, 'index.json'), MAX_BYTES.index, label, 'E_SOURCE'), `${label}: index.json`, 'E_SOURCE');

@@ -6,7 +6,7 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { MosbError } from './errors.ts';
 import { addProduct, createKeyset, MAX_DAYS } from './keyset.ts';
-import { type OciSource, parseSource } from './manifest-yaml.ts';
+import { describeSource, type OciSource, parseSource } from './manifest-yaml.ts';
 import { checkSafeName, checkTag, defaultKeysDir, parseOutSpec } from './names.ts';
 import { KEY_ALGORITHMS, type KeyAlgorithm } from './openssl.ts';
 import { publishManifest, resolveCreated } from './publish.ts';
@@ -128,11 +128,11 @@ function buildProgram(io: CliIo): Command {
     .command('squash')
     .description('convert an OCI image into one squashfs layer with its dm-verity tree appended (what publish does to each target), for inspection')
     .usage('oci:SRC:TAG --out oci:DIR:TAG')
-    .argument('<source>', 'the image: oci:DIR:TAG (a local OCI layout)', parseOciRef('source'))
+    .argument('<source>', 'the image: oci:DIR:TAG (a local OCI layout) or oci-archive:FILE:TAG (one packed by skopeo or umoci)', parseOciRef('source'))
     .requiredOption('--out <oci:dir:tag>', 'OCI layout to write the squashed image into, and its tag there', parseOciRef('--out'))
     .action(async (source: OciSource, options: { out: OciSource }) => {
       const result = await squashToLayout({ source, baseDir: process.cwd(), outDir: options.out.dir, tag: options.out.tag });
-      print(`${result.kept ? 'kept' : 'squashed'} oci:${source.dir}:${source.tag} → oci:${result.outDir}:${result.tag}`);
+      print(`${result.kept ? 'kept' : 'squashed'} ${describeSource(source)} → oci:${result.outDir}:${result.tag}`);
       print(`  manifest   ${result.manifest.digest}  (${result.manifest.size} bytes)`);
       print(`  source     ${result.source.digest}`);
       print(`  layer      ${result.layer.digest}  (${result.layer.size} bytes, ${result.layer.mediaType})`);
@@ -148,6 +148,7 @@ function parseOciRef(what: 'source' | '--out') {
     if (typeof parsed === 'string') throw new InvalidArgumentError(parsed);
     // An output tag of 64 hex digits would pose as a published service image; a source may be one.
     if (what === '--out') {
+      if (parsed.archive !== undefined) throw new InvalidArgumentError(`${value}: the output is an OCI layout directory (oci:DIR:TAG), not an archive`);
       try {
         checkTag(parsed.tag);
       } catch (error) {

@@ -45,6 +45,16 @@ export interface OciSource {
   /** The directory as written (relative to manifest.yaml's directory unless absolute). */
   dir: string;
   tag: string;
+  /**
+   * Set for `oci-archive:FILE:TAG` (a layout packed by skopeo or umoci): the file, as written.
+   * `dir` is then where it was unpacked for this run (see `unpackArchiveSources`).
+   */
+  archive?: string;
+}
+
+/** How a source is named in messages: as the user wrote it. */
+export function describeSource(source: OciSource): string {
+  return source.archive !== undefined ? `oci-archive:${source.archive}:${source.tag}` : `oci:${source.dir}:${source.tag}`;
 }
 
 export interface UserTarget {
@@ -127,7 +137,16 @@ export function parseSource(source: string): OciSource | string {
   if (/^docker:\/\//.test(source)) {
     return `${source}: docker:// sources are not supported offline; copy the image into a local OCI layout first (skopeo copy ${source} oci:DIR:TAG) and name that`;
   }
-  if (!source.startsWith('oci:')) return `${source}: expected oci:DIR:TAG (a local OCI image layout)`;
+  if (source.startsWith('oci-archive:')) {
+    const rest = source.slice('oci-archive:'.length);
+    const colon = rest.lastIndexOf(':');
+    if (colon <= 0) return `${source}: expected oci-archive:FILE:TAG (the tag is required)`;
+    const file = rest.slice(0, colon);
+    const tag = rest.slice(colon + 1);
+    if (tag === '' || file.includes(':')) return `${source}: expected oci-archive:FILE:TAG (the file may not contain ':')`;
+    return { dir: '', tag, archive: file };
+  }
+  if (!source.startsWith('oci:')) return `${source}: expected oci:DIR:TAG (a local OCI image layout) or oci-archive:FILE:TAG (one packed by skopeo or umoci)`;
   const rest = source.slice('oci:'.length);
   const colon = rest.indexOf(':');
   if (colon === -1) return `${source}: expected oci:DIR:TAG (the tag is required)`;

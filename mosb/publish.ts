@@ -16,10 +16,10 @@ import { MosbError } from './errors.ts';
 import { checkSourcePins, computeInstallFile, type ResolvedImage, serializeInstallFile } from './install-file.ts';
 import { loadSigningIdentity } from './keyset.ts';
 import { applyLayoutWrite, readOutputLayout, readSourceImage, type SourceImage } from './layout-io.ts';
-import { parseManifestYaml } from './manifest-yaml.ts';
+import { describeSource, parseManifestYaml } from './manifest-yaml.ts';
 import { checkTag } from './names.ts';
 import { type ArtifactPlan, computeIndexUpdate, type Descriptor, imageIndexEntry, planArtifacts } from './oci.ts';
-import { makeWorkDir, removeWorkDir, type SquashedImage, squashImage } from './squash-tools.ts';
+import { makeWorkDir, removeWorkDir, type SquashedImage, squashImage, unpackArchiveSources } from './squash-tools.ts';
 import { signInstallJson, verifyInstallJson } from './sign.ts';
 
 export interface PublishOptions {
@@ -69,18 +69,20 @@ export async function publishManifest(options: PublishOptions): Promise<PublishR
   if (manifest.product !== null && manifest.product !== identity.uuid) computeInstallFile(manifest, identity.uuid, new Map());
 
   const baseDir = path.dirname(path.resolve(options.manifestPath));
-  const sources = new Map<string, SourceImage>();
-  for (const target of manifest.targets) {
-    const image = await readSourceImage(target.source, baseDir);
-    // The pins name the source image: checked before any squashing is spent on it.
-    checkSourcePins(target, image.manifest);
-    sources.set(target.service_name, image);
-  }
-  // Read now, so that an output that is not a layout fails before the squashing.
-  const output = await readOutputLayout(options.outDir);
-
   const workDir = await makeWorkDir();
   try {
+    // Archives (oci-archive:) are unpacked into the work directory first, then read like layouts.
+    const targets = await unpackArchiveSources(manifest.targets, baseDir, workDir);
+    const sources = new Map<string, SourceImage>();
+    for (const target of targets) {
+      const image = await readSourceImage(target.source, baseDir);
+      // The pins name the source image: checked before any squashing is spent on it.
+      checkSourcePins(target, image.manifest);
+      sources.set(target.service_name, image);
+    }
+    // Read now, so that an output that is not a layout fails before the squashing.
+    const output = await readOutputLayout(options.outDir);
+
     // One squash per source image manifest: targets naming the same image share it.
     const bySource = new Map<string, SquashedImage>();
     const squashed = new Map<string, SquashedImage>();
@@ -88,7 +90,7 @@ export async function publishManifest(options: PublishOptions): Promise<PublishR
       const source = sources.get(target.service_name)!;
       let image = bySource.get(source.manifest.digest);
       if (!image) {
-        image = await squashImage(source, workDir, `target ${target.service_name} (oci:${target.source.dir}:${target.source.tag})`);
+        image = await squashImage(source, workDir, `target ${target.service_name} (${describeSource(target.source)})`);
         bySource.set(source.manifest.digest, image);
       }
       squashed.set(target.service_name, image);

@@ -17,7 +17,7 @@ import path from 'node:path';
 import { ANNOTATION, MEDIA_TYPE } from '../init/trust/formats.ts';
 import { MosbError } from './errors.ts';
 import { applyLayoutWrite, blobPath, copyBlob, hashFile, readOutputLayout, readSourceImage, type SourceImage } from './layout-io.ts';
-import type { OciSource } from './manifest-yaml.ts';
+import { describeSource, type OciSource } from './manifest-yaml.ts';
 import { checkTag } from './names.ts';
 import { type Descriptor, digestHex, encodeJson, type ImageManifest, OCI_LAYOUT_FILE, sha256Digest, tagImageInIndex } from './oci.ts';
 import {
@@ -306,15 +306,40 @@ export interface SquashToLayoutResult {
 /** `mosb image squash oci:SRC:TAG --out oci:DIR:TAG`: one image, squashed, tagged in DIR. */
 export async function squashToLayout(options: SquashToLayoutOptions): Promise<SquashToLayoutResult> {
   const tag = checkTag(options.tag);
-  const image = await readSourceImage(options.source, options.baseDir);
-  const output = await readOutputLayout(options.outDir);
   const workDir = await makeWorkDir();
   try {
-    const squashed = await squashImage(image, workDir, `oci:${options.source.dir}:${options.source.tag}`);
+    const [unpacked] = await unpackArchiveSources([{ source: options.source }], options.baseDir, workDir);
+    const image = await readSourceImage(unpacked!.source, options.baseDir);
+    const output = await readOutputLayout(options.outDir);
+    const squashed = await squashImage(image, workDir, describeSource(options.source));
     const index = tagImageInIndex(output.index, tag, squashed.manifest);
     await applyLayoutWrite(output, { blobs: [], images: [squashed], index });
     return { outDir: options.outDir, tag, manifest: squashed.manifest, source: squashed.source, kept: squashed.kept, layer: squashed.layer, rootHash: squashed.rootHash };
   } finally {
     await removeWorkDir(workDir);
   }
+}
+
+/**
+ * Unpacks every `oci-archive:` source into `workDir` (GNU tar: no absolute names, no `..`,
+ * symlinks made last so nothing is written through one) and points its `dir` there; `oci:`
+ * sources are returned as they are. The caller removes `workDir` when done.
+ */
+export async function unpackArchiveSources<T extends { source: OciSource }>(items: readonly T[], baseDir: string, workDir: string): Promise<T[]> {
+  const unpacked: T[] = [];
+  let count = 0;
+  for (const item of items) {
+    const { archive } = item.source;
+    if (archive === undefined) {
+      unpacked.push(item);
+      continue;
+    }
+    const dir = path.join(workDir, `archive-${++count}`);
+    await mkdir(dir);
+    const what = `oci-archive:${archive}:${item.source.tag}`;
+    const result = await runTool('tar', ['--extract', '--no-same-owner', '--no-same-permissions', '--file', path.resolve(baseDir, archive), '--directory', dir], what);
+    if (!result.ok) throw new MosbError('E_SOURCE', `${what}: cannot unpack it: ${failureText('tar', result.failure)}`);
+    unpacked.push({ ...item, source: { ...item.source, dir } });
+  }
+  return unpacked;
 }

@@ -238,6 +238,17 @@ describe.skipIf(missing.length > 0 || !isRoot)('mosb image squash', () => {
     expect(readdirSync(tmp)).toEqual([]);
   });
 
+  it('takes an image archive (skopeo oci-archive:) as well as a layout, with the same result', async () => {
+    const archive = path.join(work, 'web.tar');
+    run('skopeo', ['copy', '--quiet', `oci:${source.layout}:${source.tag}`, `oci-archive:${archive}:${source.tag}`]);
+    const fromArchive = await squashToLayout({ source: { dir: '', tag: source.tag, archive }, baseDir: '/', outDir: path.join(work, 'from-archive'), tag: 'x' });
+    expect(fromArchive.manifest.digest).toBe(squashed.manifest.digest);
+    expect(fromArchive.rootHash).toBe(squashed.rootHash);
+    await expect(squashToLayout({ source: { dir: '', tag: 'nope', archive }, baseDir: '/', outDir: path.join(work, 'from-archive-bad'), tag: 'x' })).rejects.toThrow(
+      `oci-archive:${archive}:nope: no image is tagged nope`,
+    );
+  });
+
   it('the same tree from a tar+zstd layer or a tar+gzip layer gives the same squashfs layer', async () => {
     if (!has('zstd')) return;
     const scratch = path.join(work, 'zstd-scratch');

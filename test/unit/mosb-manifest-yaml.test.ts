@@ -168,9 +168,12 @@ targets:
     const [remote] = issues(doc({}, [target({ source: 'docker://zothub.io/machine/zot:1' })]));
     expect(remote).toMatch(/^targets\[0\]\.source: docker:\/\/zothub.io\/machine\/zot:1: docker:\/\/ sources are not supported offline; copy the image into a local OCI layout first \(skopeo copy/);
     expect(issues(doc({}, [target({ source: 'oci:images/web' })]))).toEqual(['targets[0].source: oci:images/web: expected oci:DIR:TAG (the tag is required)']);
-    expect(issues(doc({}, [target({ source: 'images/web:1' })]))).toEqual(['targets[0].source: images/web:1: expected oci:DIR:TAG (a local OCI image layout)']);
+    expect(issues(doc({}, [target({ source: 'images/web:1' })]))).toEqual(['targets[0].source: images/web:1: expected oci:DIR:TAG (a local OCI image layout) or oci-archive:FILE:TAG (one packed by skopeo or umoci)']);
     expect(parseSource('oci:a:b:c')).toMatch(/may not contain ':'/);
     expect(parseSource('oci::b')).toMatch(/directory is empty/);
+    expect(parseSource('oci-archive:images/web.tar:v1')).toEqual({ dir: '', tag: 'v1', archive: 'images/web.tar' });
+    expect(parseSource('oci-archive:web.tar')).toMatch(/expected oci-archive:FILE:TAG \(the tag is required\)/);
+    expect(parseSource('oci-archive:a:b:c')).toMatch(/the file may not contain ':'/);
   });
 
   it('requires the target fields project-machine requires, and an nsgroup for containers', () => {
