@@ -20,7 +20,7 @@ import { createHash } from 'node:crypto';
 import type { DmDevice, LoopDevice, Native, NativeError } from '../../native/types.ts';
 import { MountFlags, UmountFlags } from '../../native/types.ts';
 import type { TargetPlan } from './targets.ts';
-import { parseSquashfsSuperblock, squashfsPaddedBytes } from './squashfs.ts';
+import { parseSquashfsSuperblock, squashfsMountBlocks, squashfsPaddedBytes, type SquashfsSuperblock } from './squashfs.ts';
 import { planVerityLayer, verityTable, type VerityLayout } from './verity.ts';
 
 export type ActivationFailureCode =
@@ -87,6 +87,8 @@ export type ActivationResult = { ok: true; active: ActiveTarget } | { ok: false;
 const SQUASHFS_HEAD_BYTES = 96;
 const VERITY_SUPERBLOCK_BYTES = 512;
 const HASH_BLOCK_BYTES = 4096;
+/** One byte is enough for dm-verity to check the whole 4 KiB block it lies in. */
+const VERIFY_READ_BYTES = 1;
 const IMAGE_MOUNT_FLAGS = MountFlags.RDONLY | MountFlags.NODEV | MountFlags.NOSUID;
 const S_IFBLK = 0o060000;
 
@@ -99,7 +101,10 @@ function errnoOf(error: unknown): string | undefined {
 }
 
 /** Reads and checks the layer file: layout (step 1) and the root hash against its tree (step 2). */
-export async function checkLayerFile(plan: TargetPlan, fx: ActivationEffects): Promise<{ ok: true; layout: VerityLayout } | { ok: false; code: ActivationFailureCode; message: string }> {
+export async function checkLayerFile(
+  plan: TargetPlan,
+  fx: ActivationEffects,
+): Promise<{ ok: true; layout: VerityLayout; squashfs: SquashfsSuperblock } | { ok: false; code: ActivationFailureCode; message: string }> {
   const where = `image of ${plan.name}`;
   let fileSize: number;
   try {
@@ -108,12 +113,14 @@ export async function checkLayerFile(plan: TargetPlan, fx: ActivationEffects): P
     return { ok: false, code: 'E_LAYER_MISSING', message: `${where}: layer ${plan.layerDigest}: ${describe(error)}` };
   }
   let squashfsHead: Buffer;
+  let squashfs: SquashfsSuperblock;
   let verityHead: Buffer;
   try {
     squashfsHead = await fx.readAt(plan.blobPath, 0, Math.min(SQUASHFS_HEAD_BYTES, fileSize));
-    const squashfs = parseSquashfsSuperblock(squashfsHead);
-    if (!squashfs.ok) return { ok: false, code: 'E_VERITY_LAYOUT', message: `${where}: ${squashfs.message}` };
-    const hashOffset = squashfsPaddedBytes(squashfs.superblock);
+    const parsed = parseSquashfsSuperblock(squashfsHead);
+    if (!parsed.ok) return { ok: false, code: 'E_VERITY_LAYOUT', message: `${where}: ${parsed.message}` };
+    squashfs = parsed.superblock;
+    const hashOffset = squashfsPaddedBytes(squashfs);
     if (hashOffset + VERITY_SUPERBLOCK_BYTES > fileSize) {
       return { ok: false, code: 'E_VERITY_LAYOUT', message: `${where}: no verity superblock after the squashfs image (file has ${fileSize} bytes, squashfs ends at ${hashOffset})` };
     }
@@ -138,13 +145,13 @@ export async function checkLayerFile(plan: TargetPlan, fx: ActivationEffects): P
   if (computed !== plan.rootHash) {
     return { ok: false, code: 'E_VERITY_ROOT_HASH', message: `${where}: the signed verity root hash ${plan.rootHash.slice(0, 16)}… does not match the image's hash tree (${computed.slice(0, 16)}…)` };
   }
-  return { ok: true, layout };
+  return { ok: true, layout, squashfs };
 }
 
 export async function activateTarget(plan: TargetPlan, fx: ActivationEffects): Promise<ActivationResult> {
   const checked = await checkLayerFile(plan, fx);
   if (!checked.ok) return checked;
-  const { layout } = checked;
+  const { layout, squashfs } = checked;
   const done: Undo[] = [];
   const fail = async (code: ActivationFailureCode, message: string): Promise<ActivationResult> => {
     const problems = await undo(done, fx);
@@ -154,7 +161,10 @@ export async function activateTarget(plan: TargetPlan, fx: ActivationEffects): P
 
   let loop: LoopDevice;
   try {
-    loop = await fx.native.loopAttach({ file: plan.blobPath, readOnly: true });
+    // Direct I/O: the layer's pages are cached once, by squashfs above dm-verity, not a second
+    // time as the store file's; reads go to the disk as they are, several at a time. The kernel
+    // falls back to buffered I/O by itself when the store cannot do direct I/O (a squashfs store).
+    loop = await fx.native.loopAttach({ file: plan.blobPath, readOnly: true, directIo: true });
   } catch (error) {
     return fail('E_LOOP', `image of ${plan.name}: loop device: ${describe(error)}`);
   }
@@ -174,7 +184,7 @@ export async function activateTarget(plan: TargetPlan, fx: ActivationEffects): P
     return fail('E_VERITY_DEVICE', `image of ${plan.name}: ${describe(error)}`);
   }
 
-  const corrupt = await verityCorruption(plan.name, dm, fx);
+  const corrupt = await verityCorruption(plan.name, dm, squashfsMountBlocks(squashfs), fx);
   if (corrupt !== null) return fail('E_VERITY_CORRUPT', corrupt);
 
   try {
@@ -243,20 +253,25 @@ export async function activateTarget(plan: TargetPlan, fx: ActivationEffects): P
 
 /**
  * Null when the device reads back valid; else why not. Status `C` is the kernel having seen a
- * corrupted block; an EIO reading the squashfs superblock through the device is the same thing
- * found now (dm-verity checks block 0 and its hash path on that read).
+ * corrupted block; an EIO reading through the device is the same thing found now. The blocks
+ * read are the ones the mount reads next (superblock, root inode, table indexes): dm-verity
+ * checks each with its hash path, and reading them together lets the paths of the image's two
+ * ends (a tree's height apart on a large image) be fetched side by side, not one mount step
+ * after the other.
  */
-async function verityCorruption(name: string, dm: DmDevice, fx: ActivationEffects): Promise<string | null> {
+async function verityCorruption(name: string, dm: DmDevice, mountBlocks: readonly number[], fx: ActivationEffects): Promise<string | null> {
   const status = await verityStatus(dm.name, fx);
   if (status === 'corrupt') return `image of ${name}: dm-verity reports corrupted data`;
-  let head: Buffer;
-  try {
-    head = await fx.readAt(dm.path, 0, SQUASHFS_HEAD_BYTES);
-  } catch (error) {
-    return `image of ${name}: reading it through dm-verity failed (${errnoOf(error) ?? describe(error)}): its data does not match the signed hash tree`;
+  const reads = await Promise.allSettled(mountBlocks.map((offset) => fx.readAt(dm.path, offset, offset === 0 ? SQUASHFS_HEAD_BYTES : VERIFY_READ_BYTES)));
+  const failed = reads.findIndex((read) => read.status === 'rejected');
+  if (failed >= 0) {
+    const error = (reads[failed] as PromiseRejectedResult).reason;
+    const what = mountBlocks[failed] === 0 ? 'its superblock' : `its squashfs tables at byte ${mountBlocks[failed]}`;
+    return `image of ${name}: reading ${what} through dm-verity failed (${errnoOf(error) ?? describe(error)}): its data does not match the signed hash tree`;
   }
-  const squashfs = parseSquashfsSuperblock(head);
-  return squashfs.ok ? null : `image of ${name}: squashfs superblock through dm-verity: ${squashfs.message}`;
+  const head = (reads[0] as PromiseFulfilledResult<Buffer>).value;
+  const parsed = parseSquashfsSuperblock(head);
+  return parsed.ok ? null : `image of ${name}: squashfs superblock through dm-verity: ${parsed.message}`;
 }
 
 /** The verity target's status: `V` valid, `C` corruption seen (since activation). */

@@ -229,3 +229,19 @@ function readSuperblock(head: Buffer): SquashfsSuperblock {
 export function squashfsPaddedBytes(superblock: Pick<SquashfsSuperblock, 'bytesUsed'>): number {
   return Math.ceil(superblock.bytesUsed / SQUASHFS_PAD_BYTES) * SQUASHFS_PAD_BYTES;
 }
+
+/**
+ * The 4 KiB blocks (byte offsets, ascending, distinct) the kernel reads when it mounts the image:
+ * the superblock, the metadata block holding the root inode, and the index of each table
+ * (ids, fragments, export, xattr ids), which mksquashfs writes at the image's end. Read
+ * through dm-verity before the mount, these verify the hash-tree paths of both ends of the image
+ * at once instead of one after the other, and a corrupted table is reported as corruption rather
+ * than as a failed mount.
+ */
+export function squashfsMountBlocks(superblock: SquashfsSuperblock, blockBytes = SQUASHFS_PAD_BYTES): number[] {
+  const rootInodeBlock = superblock.inodeTableStart + Math.floor(superblock.rootInodeRef / 0x1_0000);
+  const offsets = [0, rootInodeBlock, superblock.idTableStart, superblock.fragmentTableStart, superblock.exportTableStart, superblock.xattrIdTableStart]
+    .filter((offset): offset is number => offset !== null)
+    .map((offset) => Math.floor(offset / blockBytes) * blockBytes);
+  return [...new Set(offsets)].sort((a, b) => a - b);
+}

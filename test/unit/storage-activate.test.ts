@@ -170,7 +170,7 @@ describe('activation', () => {
     const result = await activateTarget(plan, fx);
     expect(result.ok).toBe(true);
     if (!result.ok) return;
-    expect(native.loopCalls).toEqual([{ attach: { file: plan.blobPath, readOnly: true } }]);
+    expect(native.loopCalls).toEqual([{ attach: { file: plan.blobPath, readOnly: true, directIo: true } }]);
     const dm = native.dmDevices.get('mos-web')!;
     expect(dm.options).toEqual({
       name: 'mos-web',
@@ -220,7 +220,7 @@ describe('activation', () => {
     const { native, plan, fx } = setup({ eio: new Set(['/dev/dm-0']) });
     const result = await activateTarget(plan, fx);
     expect(result).toMatchObject({ ok: false, code: 'E_VERITY_CORRUPT' });
-    expect(!result.ok && result.message).toMatch(/reading it through dm-verity failed \(EIO\)/);
+    expect(!result.ok && result.message).toMatch(/reading its superblock through dm-verity failed \(EIO\)/);
     expect(native.dmDevices.size).toBe(0);
     expect(native.loops.size).toBe(0);
     expect(native.mounts).toEqual([]);

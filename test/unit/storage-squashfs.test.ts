@@ -3,7 +3,7 @@
  * (captured by hexdump) parses field by field, and every refusal names its field.
  */
 import { describe, expect, it } from 'vitest';
-import { parseSquashfsSuperblock, SQUASHFS_FLAG, squashfsPaddedBytes, type SquashfsField } from '../../init/storage/squashfs.ts';
+import { parseSquashfsSuperblock, SQUASHFS_FLAG, squashfsMountBlocks, squashfsPaddedBytes, type SquashfsField } from '../../init/storage/squashfs.ts';
 
 /** `mksquashfs d img -noappend -comp gzip` over a 700000-byte file and a small one (xxd -l 96). */
 const REAL_HEAD = Buffer.from(
@@ -153,5 +153,21 @@ describe('squashfsPaddedBytes', () => {
     expect(result.ok).toBe(true);
     if (result.ok) expect(Number.isSafeInteger(squashfsPaddedBytes(result.superblock))).toBe(true);
     expect(parseSquashfsSuperblock(headWith(u64(40, BigInt(2 ** 53 - 4095)))).ok).toBe(false);
+  });
+});
+
+describe('the blocks a mount reads', () => {
+  it('are the superblock and the 4 KiB block holding the root inode and the table indexes at the end', () => {
+    const result = parseSquashfsSuperblock(REAL_HEAD);
+    expect(result.ok).toBe(true);
+    // inode table 0xaaec6 (+ root block 0), fragment index 0xaaf38, export 0xaaf52, ids 0xaaf60: all in block 0xaa000.
+    if (result.ok) expect(squashfsMountBlocks(result.superblock)).toEqual([0, 0xaa000]);
+  });
+
+  it('leave out absent tables and count each block once, in order', () => {
+    const result = parseSquashfsSuperblock(REAL_HEAD);
+    if (!result.ok) throw new Error(result.message);
+    const spread = { ...result.superblock, rootInodeRef: 0x2000 << 16, inodeTableStart: 0x1000, idTableStart: 0x9000, fragmentTableStart: null, exportTableStart: 0x3100, xattrIdTableStart: 0x9ff0 };
+    expect(squashfsMountBlocks(spread)).toEqual([0, 0x3000, 0x9000]);
   });
 });
