@@ -99,12 +99,13 @@ export function assignIdRanges(previous: IdAssignment, wanted: readonly string[]
     taken.push({ who: `nsgroup ${name}`, start: range.hostId, end: range.hostId + range.size - 1 });
   }
 
-  const ranges: Record<string, IdRange> = {};
-  const retired: Record<string, IdRange> = { ...previous.retired };
+  // No prototype: an nsgroup may be called `constructor` or `toString`.
+  const ranges: Record<string, IdRange> = Object.create(null);
+  const retired: Record<string, IdRange> = Object.assign(Object.create(null), previous.retired);
   const want = [...new Set(wanted.filter((name) => !isHostNsgroup(name)))].sort();
   const added: string[] = [];
   for (const name of want) {
-    const existing = previous.ranges[name] ?? previous.retired[name];
+    const existing = ownRange(previous.ranges, name) ?? ownRange(previous.retired, name);
     if (existing) {
       ranges[name] = existing;
       delete retired[name];
@@ -123,10 +124,14 @@ export function assignIdRanges(previous: IdAssignment, wanted: readonly string[]
   }
   const newlyRetired: string[] = [];
   for (const [name, range] of Object.entries(previous.ranges)) {
-    if (!(name in ranges)) {
+    if (!Object.hasOwn(ranges, name)) {
       retired[name] = range;
       newlyRetired.push(name);
     }
   }
   return { ok: true, assignment: { ranges, retired }, added, retired: newlyRetired };
+}
+
+function ownRange(table: Record<string, IdRange>, name: string): IdRange | undefined {
+  return Object.hasOwn(table, name) ? table[name] : undefined;
 }

@@ -30,6 +30,16 @@ describe('assignIdRanges', () => {
     expect(third.assignment.retired).toEqual({});
   });
 
+  it('takes names that are also Object.prototype\'s (constructor, toString) as plain nsgroups', () => {
+    const first = assignIdRanges(EMPTY_ASSIGNMENT, ['constructor', 'tostring', 'toString'.toLowerCase()], []);
+    if (!first.ok) throw new Error(first.message);
+    expect({ ...first.assignment.ranges }).toEqual({ constructor: { hostId: R, size: R }, tostring: { hostId: 2 * R, size: R } });
+    const dropped = assignIdRanges(first.assignment, ['tostring'], []);
+    if (!dropped.ok) throw new Error(dropped.message);
+    expect({ ...dropped.assignment.retired }).toEqual({ constructor: { hostId: R, size: R } });
+    expect(dropped.retired).toEqual(['constructor']);
+  });
+
   it('steps around the host\'s subordinate ids', () => {
     const { ranges } = parseSubordinateIds('root:100000:65536\n# comment\nbuild:131072:131072\n', '/etc/subuid');
     const result = assignIdRanges(EMPTY_ASSIGNMENT, ['web', 'db'], ranges);
