@@ -541,6 +541,16 @@ export class FakeNative implements Native {
     this.tpmNv.delete(index);
   }
 
+  async tpmNvRead(tcti: string, index: number): Promise<Buffer> {
+    const entry = this.fakeNvIndex('tpmNvRead', tcti, index);
+    const pub = entry.public;
+    // Authorized by the index's own (empty) authValue: only with AUTHREAD.
+    if (!(pub.attributes & TPMA_NV.AUTHREAD)) throw createTpmError('Esys_NV_Read', 'TPM_RC_AUTH_UNAVAILABLE', index);
+    if (pub.attributes & TPMA_NV.READLOCKED) throw createTpmError('Esys_NV_Read', 'TPM_RC_NV_LOCKED', index);
+    if (!(pub.attributes & TPMA_NV.WRITTEN)) throw createTpmError('Esys_NV_Read', 'TPM_RC_NV_UNINITIALIZED', index);
+    return Buffer.from(entry.data);
+  }
+
   async tpmNvReadWithPcrPolicy(tcti: string, index: number, policy: TpmPcrSelection): Promise<Buffer> {
     const entry = this.fakeNvIndex('tpmNvReadWithPcrPolicy', tcti, index);
     const pub = entry.public;
@@ -602,6 +612,7 @@ const FAKE_TPM_RC: Record<string, number> = {
   TPM_RC_POLICY_FAIL: 0x99d, // session 1
   TPM_RC_ATTRIBUTES: 0x2c2, // parameter 2
   TPM_RC_SIZE: 0x1d5, // parameter 1
+  TPM_RC_AUTH_UNAVAILABLE: 0x12f,
   TPM_RC_NV_RANGE: 0x146,
   TPM_RC_NV_SIZE: 0x147,
   TPM_RC_NV_LOCKED: 0x148,

@@ -61,6 +61,7 @@ const TPM_METHODS = [
   'tpmNvWrite',
   'tpmNvWriteLock',
   'tpmNvUndefine',
+  'tpmNvRead',
   'tpmNvReadWithPcrPolicy',
   'tpmPcrRead',
 ] as const satisfies readonly (keyof Native)[];

@@ -339,6 +339,15 @@ export interface Native {
   /** TPM2_NV_UndefineSpace with owner authorization. */
   tpmNvUndefine(tcti: string, index: number): Promise<void>;
   /**
+   * The whole index, read with TPM2_NV_Read authorized by the index's own authValue (a password
+   * session with the empty password mos defines every index with), chunked by
+   * TPM2_PT_NV_BUFFER_MAX. Only for indices with TPMA_NV_AUTHREAD, whose content is public and
+   * whose worth is that an offline disk edit cannot reach it (the nsgroup id assignment); an
+   * index without AUTHREAD rejects with TPM_RC_AUTH_UNAVAILABLE, one never written with
+   * TPM_RC_NV_UNINITIALIZED.
+   */
+  tpmNvRead(tcti: string, index: number): Promise<Buffer>;
+  /**
    * The whole index, read under a policy session: StartAuthSession (policy, unsalted, unbound,
    * hash = the index's nameAlg) → TPM2_PolicyPCR over the PCRs' *current* values → TPM2_NV_Read
    * authorized by that session, chunked by TPM2_PT_NV_BUFFER_MAX. Rejects with

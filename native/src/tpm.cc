@@ -517,6 +517,42 @@ class NvUndefineWorker : public TpmWorker {
   TPM2_HANDLE index_;
 };
 
+// NV_Read authorized by the index's own authValue (a password session; ESYS sends the empty
+// password an ESYS_TR has until Esys_TR_SetAuth), chunk by chunk, the whole index. The TPM checks
+// TPMA_NV_AUTHREAD itself.
+class NvReadWorker : public TpmWorker {
+ public:
+  NvReadWorker(Napi::Env env, TctiSpec tcti, TPM2_HANDLE index)
+      : TpmWorker(env, "tpmNvRead", std::move(tcti), Hex(index, 8)), index_(index) {}
+
+ private:
+  void Run(Tpm& tpm) override {
+    ESYS_TR nv = tpm.NvIndex(index_);
+    auto pub = ReadNvPublic(*tpm, nv);
+    uint16_t size = pub->nvPublic.dataSize;
+    uint16_t chunk = tpm.NvBufferMax();
+    data_.reserve(size);
+    uint16_t offset = 0;
+    do {
+      uint16_t length = std::min<uint16_t>(chunk, size - offset);
+      TPM2B_MAX_NV_BUFFER* data = nullptr;
+      Check(Esys_NV_Read(*tpm, nv, nv, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, length, offset,
+                         &data),
+            "Esys_NV_Read");
+      data_.insert(data_.end(), data->buffer, data->buffer + data->size);
+      Esys_Free(data);
+      offset = static_cast<uint16_t>(offset + length);
+    } while (offset < size);
+  }
+
+  Napi::Value Result(Napi::Env env) override {
+    return Napi::Buffer<uint8_t>::Copy(env, data_.data(), data_.size());
+  }
+
+  TPM2_HANDLE index_;
+  std::vector<uint8_t> data_;
+};
+
 // Policy session → PolicyPCR over the current PCR values (empty pcrDigest: the TPM takes the
 // values it holds now) → NV_Read authorized by that session, chunk by chunk, the whole index.
 class NvReadWithPcrPolicyWorker : public TpmWorker {
@@ -686,6 +722,12 @@ Napi::Value TpmNvUndefine(const Napi::CallbackInfo& info) {
   return (new NvUndefineWorker(info.Env(), std::move(tcti), index))->Queued();
 }
 
+Napi::Value TpmNvRead(const Napi::CallbackInfo& info) {
+  TctiSpec tcti = RequireTcti(info[0]);
+  TPM2_HANDLE index = RequireNvIndex(info[1]);
+  return (new NvReadWorker(info.Env(), std::move(tcti), index))->Queued();
+}
+
 Napi::Value TpmNvReadWithPcrPolicy(const Napi::CallbackInfo& info) {
   TctiSpec tcti = RequireTcti(info[0]);
   TPM2_HANDLE index = RequireNvIndex(info[1]);
@@ -715,6 +757,7 @@ void RegisterTpm(Napi::Env env, Napi::Object exports) {
   exports.Set("tpmNvWrite", Napi::Function::New(env, TpmNvWrite, "tpmNvWrite"));
   exports.Set("tpmNvWriteLock", Napi::Function::New(env, TpmNvWriteLock, "tpmNvWriteLock"));
   exports.Set("tpmNvUndefine", Napi::Function::New(env, TpmNvUndefine, "tpmNvUndefine"));
+  exports.Set("tpmNvRead", Napi::Function::New(env, TpmNvRead, "tpmNvRead"));
   exports.Set("tpmNvReadWithPcrPolicy",
               Napi::Function::New(env, TpmNvReadWithPcrPolicy, "tpmNvReadWithPcrPolicy"));
   exports.Set("tpmPcrRead", Napi::Function::New(env, TpmPcrRead, "tpmPcrRead"));
