@@ -28,6 +28,9 @@ const APT_COMMANDS = {
   '/bin/busybox': 'busybox-static', // the program in the VM tests' service images (runs without libraries)
   zstd: 'zstd', // mosb reads tar+zstd source layers through it (umoci cannot)
   crun: 'crun', // runs the generated OCI bundles in the privileged tests (and in the image)
+  ip: 'iproute2', // simple networks (bridge, veth, netns) in the network tests
+  nft: 'nftables', // port forwards and outbound NAT in the network tests
+  nsenter: 'util-linux', // the network tests run commands inside their namespaces
 };
 
 function run(command, args, options = {}) {

@@ -4,10 +4,14 @@
  *
  * - ports are integers 1-65535 (project-machine accepted 65536);
  * - service names are non-empty, path-safe and unique; at most one `hostfs` target;
- * - network types are host | none | simple, and only `simple` may carry ipv4, ipv6 and ports;
- *   a simple network with ports needs an ipv4 address (project-machine failed at activation);
+ * - network types are host | none | simple, and only `simple` (container targets only) may carry
+ *   ipv4, ipv6 and ports; a simple network with ports needs an ipv4 address (project-machine
+ *   failed at activation);
  * - host ports are unique across the whole install (its `UsedPorts` was never filled), and so
- *   are static ipv4 addresses;
+ *   are static ipv4 and ipv6 addresses; subnets are the same or disjoint, leave room for the
+ *   gateway mos puts on the bridge, and stay clear of loopback, link-local and multicast; an
+ *   address is not its subnet's network, broadcast or gateway address (services/network.ts
+ *   `checkNetworkConflicts`, which the network planner applies too);
  * - storage labels are unique and not one of the machine's own partitions, a target's storage
  *   names a declared label, and its `dest` is an absolute, normalised path;
  * - sizes are positive integers; digests are `sha256:<64 hex>`.
@@ -16,8 +20,8 @@
  * fields are refused rather than ignored so that a field mos does not understand cannot change
  * what a signed manifest means.
  */
-import { isIPv4, isIPv6 } from 'node:net';
 import * as v from 'valibot';
+import { checkNetworkConflicts } from '../../services/network.ts';
 import { DIGEST_PATTERN, INSTALL_FILE_VERSION, type InstallFile } from './formats.ts';
 
 /** Service names: the supervisor's rule (init/supervisor/spec.ts), so they are path-safe too. */
@@ -82,11 +86,6 @@ export const InstallFileSchema = v.strictObject({
   update_type: v.picklist(['complete', 'partial'], 'expected complete or partial'),
 });
 
-function validCidr(value: string, isAddress: (address: string) => boolean, maxPrefix: number): boolean {
-  const match = /^([^/]+)\/(\d{1,3})$/.exec(value);
-  return !!match && isAddress(match[1]!) && Number(match[2]) >= 1 && Number(match[2]) <= maxPrefix && String(Number(match[2])) === match[2];
-}
-
 /** What the schema alone cannot say: cross-field and cross-target rules. Empty when fine. */
 export function checkInstallFile(file: InstallFile): string[] {
   const problems: string[] = [];
@@ -97,8 +96,6 @@ export function checkInstallFile(file: InstallFile): string[] {
   });
 
   const names = new Set<string>();
-  const hostPorts = new Map<number, string>();
-  const addresses = new Map<string, string>();
   let hostfs: string | null = null;
   file.targets.forEach((target, i) => {
     const at = `targets[${i}] (${target.service_name})`;
@@ -109,29 +106,6 @@ export function checkInstallFile(file: InstallFile): string[] {
       hostfs ??= target.service_name;
     }
 
-    const net = target.network;
-    const ports = net.ports ?? [];
-    if (net.type !== 'simple') {
-      if (net.ipv4 !== '' || net.ipv6 !== '' || ports.length > 0) {
-        problems.push(`${at}.network: ipv4, ipv6 and ports are only for type simple, not ${net.type}`);
-      }
-    } else {
-      if (net.ipv4 !== '' && !validCidr(net.ipv4, isIPv4, 32)) problems.push(`${at}.network.ipv4: expected an address/prefix such as 10.0.3.2/24`);
-      if (net.ipv6 !== '' && !validCidr(net.ipv6, isIPv6, 128)) problems.push(`${at}.network.ipv6: expected an address/prefix such as fd00::2/64`);
-      if (ports.length > 0 && net.ipv4 === '') problems.push(`${at}.network.ports: forwarding ports needs a static ipv4 address`);
-      if (net.ipv4 !== '') {
-        const address = net.ipv4.split('/')[0]!;
-        const other = addresses.get(address);
-        if (other !== undefined) problems.push(`${at}.network.ipv4: address ${address} is also ${other}'s`);
-        else addresses.set(address, target.service_name);
-      }
-    }
-    ports.forEach((port, p) => {
-      const other = hostPorts.get(port.host);
-      if (other !== undefined) problems.push(`${at}.network.ports[${p}].host: port ${port.host} is already forwarded to ${other}`);
-      else hostPorts.set(port.host, target.service_name);
-    });
-
     const dests = new Set<string>();
     (target.storage ?? []).forEach((mount, s) => {
       if (!labels.has(mount.label)) problems.push(`${at}.storage[${s}].label: no storage item labelled "${mount.label}"`);
@@ -139,6 +113,8 @@ export function checkInstallFile(file: InstallFile): string[] {
       dests.add(mount.dest);
     });
   });
+  // Networks: addresses, subnets, gateways and forwarded ports across all targets.
+  problems.push(...checkNetworkConflicts(file.targets));
   return problems;
 }
 

@@ -58,6 +58,45 @@ describe('install.json schema', () => {
     expect(problems((i) => (i.targets[1].network = { ...second, ipv4: '10.0.3.99/16', ports: [] })).join()).toMatch(/address 10\.0\.3\.99 is also zot's/);
   });
 
+  it('ipv6 addresses are unique too, in any spelling', () => {
+    const ipv6 = (address: string) => ({ type: 'simple', ipv4: '', ipv6: address, ports: null });
+    expect(
+      problems((i) => {
+        i.targets[0].network.ipv6 = 'fd00::5/64';
+        i.targets[1].network = ipv6('fd00:0:0::5/64');
+      }),
+    ).toEqual(["targets[1] (web).network.ipv6: address fd00::5 is also zot's"]);
+    expect(
+      problems((i) => {
+        i.targets[0].network.ipv6 = 'fd00::5/64';
+        i.targets[1].network = ipv6('fd00::6/64');
+      }),
+    ).toEqual([]);
+  });
+
+  it('subnets are the same or disjoint', () => {
+    const simple = (ipv4: string) => ({ type: 'simple', ipv4, ipv6: '', ports: null });
+    expect(problems((i) => (i.targets[1].network = simple('10.0.0.5/16')))).toEqual([
+      'targets[1] (web).network.ipv4: subnet 10.0.0.0/16 overlaps 10.0.3.0/24 of zot; services share a subnet only with the same prefix',
+    ]);
+    expect(problems((i) => (i.targets[1].network = simple('10.0.3.5/25'))).join()).toMatch(/subnet 10\.0\.3\.0\/25 overlaps 10\.0\.3\.0\/24 of zot/);
+    expect(problems((i) => (i.targets[1].network = simple('10.0.3.5/24')))).toEqual([]);
+    expect(problems((i) => (i.targets[1].network = simple('10.0.4.5/24')))).toEqual([]);
+  });
+
+  it('an address is not its subnet\'s network, broadcast or gateway address, and the subnet has room for them', () => {
+    expect(problems((i) => (i.targets[0].network.ipv4 = '10.0.3.0/24'))).toEqual(['targets[0] (zot).network.ipv4: 10.0.3.0 is the network address of 10.0.3.0/24']);
+    expect(problems((i) => (i.targets[0].network.ipv4 = '10.0.3.255/24'))).toEqual(['targets[0] (zot).network.ipv4: 10.0.3.255 is the broadcast address of 10.0.3.0/24']);
+    expect(problems((i) => (i.targets[0].network.ipv4 = '10.0.3.1/24')).join()).toMatch(/10\.0\.3\.1 is the gateway mos reserves for 10\.0\.3\.0\/24/);
+    expect(problems((i) => (i.targets[0].network.ipv6 = 'fd00::1/64')).join()).toMatch(/ipv6: fd00::1 is the gateway mos reserves for fd00::\/64/);
+    expect(problems((i) => (i.targets[0].network.ipv4 = '10.0.3.99/32')).join()).toMatch(/ipv4: prefix \/32 leaves no room/);
+    expect(problems((i) => (i.targets[0].network.ipv4 = '127.0.0.99/24')).join()).toMatch(/overlaps 127\.0\.0\.0\/8 \(loopback\)/);
+  });
+
+  it('only container targets have a simple network', () => {
+    expect(problems((i) => (i.targets[0].service_type = 'fs-only'))).toEqual(['targets[0] (zot).network: type simple is only for container targets, not fs-only']);
+  });
+
   it('at most one hostfs target', () => {
     expect(
       problems((i) => {
