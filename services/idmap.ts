@@ -135,3 +135,19 @@ export function assignIdRanges(previous: IdAssignment, wanted: readonly string[]
 function ownRange(table: Record<string, IdRange>, name: string): IdRange | undefined {
   return Object.hasOwn(table, name) ? table[name] : undefined;
 }
+
+/** The boot's nsgroup ranges, or why there are none (the state in the TPM was refused). */
+export type NsgroupRanges = { ok: true; assignment: IdAssignment } | { ok: false; code: string; message: string };
+
+/**
+ * The host ids of an nsgroup's root (container uid 0 and gid 0): what owns the nsgroup's
+ * volumes. `none` and `""` are the host's own root; a named nsgroup without a range (its state
+ * was refused) has none, and whatever needs it fails with the reason.
+ */
+export function nsgroupRoot(name: string, ranges: NsgroupRanges): { ok: true; uid: number; gid: number } | { ok: false; code: string; message: string } {
+  if (isHostNsgroup(name)) return { ok: true, uid: 0, gid: 0 };
+  if (!ranges.ok) return { ok: false, code: ranges.code, message: `nsgroup ${name} has no id range: ${ranges.message}` };
+  const range = ownRange(ranges.assignment.ranges, name);
+  if (range === undefined) return { ok: false, code: 'E_NSGROUP_STATE', message: `nsgroup ${name} has no id range in this boot's assignment` };
+  return { ok: true, uid: range.hostId, gid: range.hostId };
+}

@@ -14,6 +14,8 @@
  *   trust          fatal   mos.store= → the trust root from the TPM (provisioned from the embedded
  *                          CA on first boot) → the signed install layout verified; without
  *                          mos.store= skipped (init/trust/boot-trust.ts decides, trust-phase.ts acts)
+ *   nsgroups       warn    each nsgroup of the verified install → its id range, kept in a TPM NV
+ *                          index (init/boot/nsgroup-phase.ts); failing, named nsgroups' services fail
  *   storage        warn    each verified target's image: loop → dm-verity → squashfs (→ overlay);
  *                          a target that fails makes its service `failed` (init/storage/)
  *   supervise      fatal   the install's container targets, else the service file → supervisor;
@@ -76,6 +78,8 @@ import type { ActivationEffects } from '../storage/activate.ts';
 import { countBlockDevices, createActivationEffects, createVolumeEffects } from '../storage/activation-effects.ts';
 import { corruptionAfterRun, releaseTargets, runStoragePhase, TargetResources, type StoragePhaseResult } from '../storage/storage-phase.ts';
 import { asFailure, readEmbeddedCa, runTrustPhase } from './trust-phase.ts';
+import { runNsgroupPhase } from './nsgroup-phase.ts';
+import type { NsgroupRanges } from '../../services/idmap.ts';
 import {
   DEFAULT_SHUTDOWN_BOUNDS,
   listProcesses,
@@ -234,6 +238,8 @@ export function runPid1(options: Pid1Options): Pid1Handle {
   let verifiedInstall: VerifiedInstall | null = null;
   /** Where the verified layout is (the store directory or its mount). */
   let verifiedLayoutDir: string | null = null;
+  /** The nsgroups phase's result: this boot's id ranges, or why named nsgroups have none. */
+  let nsgroups: NsgroupRanges = { ok: false, code: 'E_NSGROUP_STATE', message: 'the nsgroups phase has not run' };
   /** The storage phase's result: active targets (released at shutdown) and their services. */
   let storage: StoragePhaseResult | null = null;
   const storageEffects = (): ActivationEffects => createActivationEffects(native);
@@ -633,6 +639,29 @@ export function runPid1(options: Pid1Options): Pid1Handle {
       },
     },
     {
+      name: 'nsgroups',
+      policy: 'warn',
+      run: async (context) => {
+        if (verifiedInstall === null) return context.skip('no verified install');
+        const result = await runNsgroupPhase(verifiedInstall, trustConfig().tpm, {
+          native,
+          withTpm,
+          readText: (file) => {
+            try {
+              return readFileSync(file, 'utf8');
+            } catch {
+              return null;
+            }
+          },
+          say,
+          log: (fields, message) => log.info(fields, message),
+        });
+        nsgroups = result.ranges;
+        if (!result.ranges.ok) throw new PhaseFailure(result.note, result.note);
+        context.note(result.note);
+      },
+    },
+    {
       name: 'storage',
       policy: 'warn',
       run: async (context) => {
@@ -650,6 +679,7 @@ export function runPid1(options: Pid1Options): Pid1Handle {
           },
           { ...storageEffects(), ...report },
           createVolumeEffects(native, tools, report),
+          nsgroups,
         );
         supervisor.useResources(new TargetResources(storage.targets, storageEffects(), { say, countDevices: () => countBlockDevices() }));
         const failed = storage.targets.filter((target) => target.failure !== null);

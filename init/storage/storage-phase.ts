@@ -15,6 +15,7 @@ import { activateTarget, deactivateTarget, verityStatus, type ActivationEffects,
 import { planTarget, type StorageDirs, type TargetPlan } from './targets.ts';
 import type { VerifiedTarget } from '../trust/verify-install.ts';
 import type { StorageItem } from '../trust/formats.ts';
+import type { NsgroupRanges } from '../../services/idmap.ts';
 import { prepareScratchDisk, prepareVolumes, releaseVolumes, SCRATCH_LABEL, type VolumeEffects, type VolumeOutcome } from './volume-phase.ts';
 import { planTargetMounts, type VolumePlan } from './volumes.ts';
 
@@ -93,10 +94,11 @@ export async function runStoragePhase(
   dirs: StorageDirs & { volumesDir: string },
   fx: ActivationEffects & { log(fields: object, message: string): void; say(line: string): void },
   volumeFx: VolumeEffects | null,
+  nsgroups: NsgroupRanges,
 ): Promise<StoragePhaseResult> {
   const outcomes: TargetOutcome[] = [];
   const services: ServiceSpec[] = [];
-  const volumes = volumeFx ? await prepareVolumes(storage, dirs.volumesDir, volumeFx) : new Map<string, VolumeOutcome>();
+  const volumes = volumeFx ? await prepareVolumes(storage, dirs.volumesDir, volumeFx, nsgroups) : new Map<string, VolumeOutcome>();
   // The writable layers go to the scratch disk when there is one (tmpfs otherwise, or if it fails).
   const scratch = volumeFx ? await prepareScratchDisk(dirs.volumesDir, volumeFx) : null;
   if (scratch) volumes.set(SCRATCH_LABEL, scratch);

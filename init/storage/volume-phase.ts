@@ -11,6 +11,7 @@ import type { Native } from '../../native/types.ts';
 import { MountFlags } from '../../native/types.ts';
 import type { ToolRun } from '../boot/run-tool.ts';
 import type { StorageItem } from '../trust/formats.ts';
+import { nsgroupRoot, type NsgroupRanges } from '../../services/idmap.ts';
 import { findVolumeDevice, fsckArgv, fsckVerdict, mkfsArgv, planVolume, VOLUME_HEAD_BYTES, type BlockDeviceInfo, type VolumePlan } from './volumes.ts';
 
 export interface VolumeEffects {
@@ -35,18 +36,16 @@ export interface VolumeOutcome {
 
 /** mke2fs of a large volume initializes its tables lazily, but still writes them: minutes, not hours. */
 const MKFS_TIMEOUT_MS = 10 * 60_000;
+/** The scratch disk belongs to the host's root (nsgroup none): no nsgroup ranges needed. */
+const HOST_IDS: NsgroupRanges = { ok: true, assignment: { ranges: {}, retired: {} } };
 const FSCK_TIMEOUT_MS = 30 * 60_000;
 const VOLUME_MOUNT_FLAGS = MountFlags.NODEV | MountFlags.NOSUID;
 
 /**
- * The ids that own a volume's root. Services do not run in user namespaces yet (issue 6): until
- * then every nsgroup maps to the host's ids, so root owns the volume, inside and out.
+ * Each storage item's ext4 volume, found, made or checked, and mounted under `volumesDir`, its
+ * root owned by its nsgroup's root (`nsgroups`: this boot's id ranges).
  */
-export function volumeOwner(_nsgroup: string): { uid: number; gid: number } {
-  return { uid: 0, gid: 0 };
-}
-
-export async function prepareVolumes(items: readonly StorageItem[], volumesDir: string, fx: VolumeEffects): Promise<Map<string, VolumeOutcome>> {
+export async function prepareVolumes(items: readonly StorageItem[], volumesDir: string, fx: VolumeEffects, nsgroups: NsgroupRanges): Promise<Map<string, VolumeOutcome>> {
   const outcomes = new Map<string, VolumeOutcome>();
   if (items.length === 0) return outcomes;
   const devices = fx.listBlockDevices();
@@ -61,7 +60,12 @@ export async function prepareVolumes(items: readonly StorageItem[], volumesDir: 
     // Enough to tell a blank device from one holding another filesystem (some write nothing in
     // their first KiBs): a persistent volume is never formatted over data.
     const head = found.ok ? await fx.readHead(found.device.path, Math.min(VOLUME_HEAD_BYTES, found.device.sizeBytes)) : null;
-    const planned = planVolume(item, devices, head, volumeOwner(item.nsgroup), volumesDir);
+    const owner = nsgroupRoot(item.nsgroup, nsgroups);
+    if (!owner.ok) {
+      fail(owner.code, `volume ${item.label}: ${owner.message}`);
+      continue;
+    }
+    const planned = planVolume(item, devices, head, { uid: owner.uid, gid: owner.gid }, volumesDir);
     if (!planned.ok) {
       fail(planned.code, planned.message);
       continue;
@@ -93,7 +97,7 @@ export async function prepareVolumes(items: readonly StorageItem[], volumesDir: 
     }
     outcome.mounted = true;
     const what = plan.action === 'mkfs' ? (plan.persistent ? 'made (first boot)' : 'made afresh') : 'checked';
-    fx.say(`mos: storage: volume ${plan.label} (${plan.persistent ? 'persistent' : 'recreated each boot'}) ${what} and mounted at ${plan.mountDir}`);
+    fx.say(`mos: storage: volume ${plan.label} (${plan.persistent ? 'persistent' : 'recreated each boot'}) ${what} and mounted at ${plan.mountDir}, root owned by ${plan.owner.uid}:${plan.owner.gid} (nsgroup ${JSON.stringify(plan.nsgroup)})`);
   }
   return outcomes;
 }
@@ -109,7 +113,7 @@ export const SCRATCH_LABEL = 'machine-scratch';
 export async function prepareScratchDisk(volumesDir: string, fx: VolumeEffects): Promise<VolumeOutcome | null> {
   const devices = fx.listBlockDevices();
   if (!findVolumeDevice(SCRATCH_LABEL, devices).ok) return null;
-  const outcomes = await prepareVolumes([{ label: SCRATCH_LABEL, persistent: false, nsgroup: 'none', size: 1 }], volumesDir, fx);
+  const outcomes = await prepareVolumes([{ label: SCRATCH_LABEL, persistent: false, nsgroup: 'none', size: 1 }], volumesDir, fx, HOST_IDS);
   return outcomes.get(SCRATCH_LABEL) ?? null;
 }
 

@@ -11,9 +11,12 @@ import { planImageProcess, planTarget, type StorageDirs, type TargetPlan } from 
 import { VERITY_ROOT_HASH_ANNOTATION } from '../../init/storage/verity.ts';
 import type { InstallTarget } from '../../init/trust/formats.ts';
 import type { VerifiedTarget } from '../../init/trust/verify-install.ts';
+import type { NsgroupRanges } from '../../services/idmap.ts';
 import { makeVerityImage, type VerityImage } from '../helpers/verity-image.ts';
 
 const MEDIA_TYPE = 'application/vnd.stacker.image.layer.squashfs+gzip+verity';
+/** nsgroups lost and notes, as the boot would assign them (sorted: lost slot 1, notes slot 2). */
+const NSGROUPS: NsgroupRanges = { ok: true, assignment: { ranges: { lost: { hostId: 65536, size: 65536 }, notes: { hostId: 131072, size: 65536 } }, retired: {} } };
 const DIRS: StorageDirs = { layoutDir: '/run/mos/store/oci', targetsDir: '/run/mos/targets', scratchDir: '/run/mos/scratch' };
 const DIGEST = `sha256:${'ab'.repeat(32)}`;
 
@@ -304,7 +307,7 @@ describe('storage phase', () => {
     ]);
     const lines: string[] = [];
     const { fx } = memoryEffects(native, files);
-    const result = await runStoragePhase(targets, [], { ...DIRS, volumesDir: '/run/mos/volumes' }, { ...fx, log: () => {}, say: (line) => void lines.push(line) }, null);
+    const result = await runStoragePhase(targets, [], { ...DIRS, volumesDir: '/run/mos/volumes' }, { ...fx, log: () => {}, say: (line) => void lines.push(line) }, null, NSGROUPS);
     expect(result.targets.map((t) => [t.name, t.failure?.code ?? 'active'])).toEqual([
       ['web', 'active'],
       ['bad', 'E_VERITY_ROOT_HASH'],
@@ -385,6 +388,7 @@ describe('storage phase with volumes', () => {
       { ...DIRS, volumesDir: '/run/mos/volumes' },
       { ...fx, log: () => {}, say: (line) => void lines.push(line) },
       volumeFx,
+      NSGROUPS,
     );
     expect(result.targets.map((t) => [t.name, t.failure?.code ?? 'active'])).toEqual([
       ['notes', 'active'],
@@ -423,7 +427,7 @@ describe('storage phase with a scratch disk', () => {
         say: () => {},
         log: () => {},
       };
-      const result = await runStoragePhase([target], [], { ...DIRS, volumesDir: '/run/mos/volumes' }, { ...fx, log: () => {}, say: () => {} }, volumeFx);
+      const result = await runStoragePhase([target], [], { ...DIRS, volumesDir: '/run/mos/volumes' }, { ...fx, log: () => {}, say: () => {} }, volumeFx, NSGROUPS);
       return { result, tools, native };
     };
     const withDisk = await run([{ serial: 'machine-scratch' }]);

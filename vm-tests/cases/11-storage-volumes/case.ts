@@ -7,6 +7,8 @@
  *             temp is empty again.
  *   lost      uses absent: fails with E_VOLUME_MISSING; notes runs regardless.
  * A disk labelled machine-scratch holds the writable layers, made afresh at each boot.
+ * Each volume's root belongs to its nsgroup's root: nsgroup ranges are assigned at the first
+ * boot, kept in the TPM, and found the same at the second.
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -103,7 +105,10 @@ export default defineCase({
     assert.match(first.lines, /volume keep: empty/);
     assert.match(first.lines, /volume temp: empty/);
     assert.match(first.vm.console.content, /mos: storage: volume keep \(persistent\) made \(first boot\) and mounted/);
-    t.step(`boot 1 after ${first.vm.elapsed}: both volumes empty, markers written; lost failed with E_VOLUME_MISSING`);
+    // nsgroups sorted: lost gets the first range above the host's ids, notes the next; both kept in the TPM.
+    assert.match(first.vm.console.content, /mos: nsgroups: lost 65536-131071, notes 131072-196607 \(TPM NV 0x01806d70; new: lost, notes\)/);
+    assert.match(first.vm.console.content, /mos: storage: volume keep \(persistent\) made \(first boot\) and mounted at \S+, root owned by 131072:131072 \(nsgroup "notes"\)/);
+    t.step(`boot 1 after ${first.vm.elapsed}: both volumes empty, markers written, owned by nsgroup notes' root (131072); lost failed with E_VOLUME_MISSING`);
     await first.vm.powerOff(Timeouts.shutdown);
 
     const second = await boot('boot2');
@@ -112,7 +117,10 @@ export default defineCase({
     assert.match(second.vm.console.content, /mos: storage: volume keep \(persistent\) checked and mounted/);
     assert.match(second.vm.console.content, /mos: storage: volume temp \(recreated each boot\) made afresh and mounted/);
     assert.match(second.vm.console.content, /mos: storage: volume machine-scratch \(recreated each boot\) made afresh and mounted/);
-    t.step(`boot 2 after ${second.vm.elapsed}: keep kept its file, temp was recreated`);
+    // The same ranges from the TPM, nothing new; the kept volume still belongs to notes' root.
+    assert.match(second.vm.console.content, /mos: nsgroups: lost 65536-131071, notes 131072-196607 \(TPM NV 0x01806d70\)/);
+    assert.match(second.vm.console.content, /mos: storage: volume keep \(persistent\) checked and mounted at \S+, root owned by 131072:131072/);
+    t.step(`boot 2 after ${second.vm.elapsed}: the same nsgroup ranges from the TPM; keep kept its file, temp was recreated`);
     await second.vm.powerOff(Timeouts.shutdown);
   },
 });
