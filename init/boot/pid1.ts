@@ -16,6 +16,8 @@
  *                          mos.store= skipped (init/trust/boot-trust.ts decides, trust-phase.ts acts)
  *   nsgroups       warn    each nsgroup of the verified install → its id range, kept in a TPM NV
  *                          index (init/boot/nsgroup-phase.ts); failing, named nsgroups' services fail
+ *   networks       warn    the install's simple networks: bridge mos0, nftables forwards + NAT, each
+ *                          service's netns (init/boot/network-phase.ts); skipped in namespace mode
  *   storage        warn    each verified target's image: loop → dm-verity → squashfs (→ overlay);
  *                          a target that fails makes its service `failed` (init/storage/)
  *   supervise      fatal   the install's container targets, else the service file → supervisor;
@@ -27,7 +29,7 @@
  *
  * The design and the console markers are described in docs/boot.md.
  */
-import { mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Native } from '../../native/types.ts';
@@ -76,10 +78,12 @@ import type { VerifiedInstall } from '../trust/verify-install.ts';
 import { STORE_LAYOUT_DIR } from '../trust/boot-trust.ts';
 import type { ActivationEffects } from '../storage/activate.ts';
 import { countBlockDevices, createActivationEffects, createVolumeEffects } from '../storage/activation-effects.ts';
-import { corruptionAfterRun, releaseTargets, runStoragePhase, TargetResources, type StoragePhaseResult } from '../storage/storage-phase.ts';
+import { corruptionAfterRun, releaseTargets, runStoragePhase, TargetResources, withBootFailures, type StoragePhaseResult } from '../storage/storage-phase.ts';
 import { asFailure, readEmbeddedCa, runTrustPhase } from './trust-phase.ts';
 import { runNsgroupPhase } from './nsgroup-phase.ts';
-import type { NsgroupRanges } from '../../services/idmap.ts';
+import { runNetworkPhase, type NetworkPhaseResult } from './network-phase.ts';
+import { runTool } from './run-tool.ts';
+import { nsgroupRoot, type NsgroupRanges } from '../../services/idmap.ts';
 import {
   DEFAULT_SHUTDOWN_BOUNDS,
   listProcesses,
@@ -99,6 +103,9 @@ import {
   systemPortIo,
 } from './virtio-control.ts';
 import { monotonicMs } from '../monotonic.ts';
+
+/** ip and nft finish in milliseconds; a hung one must not hold the boot. */
+const NETWORK_TOOL_TIMEOUT_MS = 10_000;
 
 export const PID1_DEFAULTS = {
   configPath: '/etc/mos/services.yaml',
@@ -240,6 +247,8 @@ export function runPid1(options: Pid1Options): Pid1Handle {
   let verifiedLayoutDir: string | null = null;
   /** The nsgroups phase's result: this boot's id ranges, or why named nsgroups have none. */
   let nsgroups: NsgroupRanges = { ok: false, code: 'E_NSGROUP_STATE', message: 'the nsgroups phase has not run' };
+  /** The networks phase's result: what to release at shutdown, and services whose network failed. */
+  let networks: NetworkPhaseResult | null = null;
   /** The storage phase's result: active targets (released at shutdown) and their services. */
   let storage: StoragePhaseResult | null = null;
   const storageEffects = (): ActivationEffects => createActivationEffects(native);
@@ -258,6 +267,19 @@ export function runPid1(options: Pid1Options): Pid1Handle {
     const next = tpmQueue.then(run, run);
     tpmQueue = next.catch(() => {});
     return next;
+  };
+
+  /** Services that earlier phases could not prepare (their nsgroup's ids, their network), by name. */
+  const bootFailures = (): Map<string, { code: string; message: string }> => {
+    const failures = new Map<string, { code: string; message: string }>();
+    if (!nsgroups.ok && verifiedInstall !== null) {
+      for (const { target } of verifiedInstall.targets) {
+        const root = nsgroupRoot(target.nsgroup, nsgroups);
+        if (!root.ok) failures.set(target.service_name, { code: root.code, message: `${target.service_name}: ${root.message}` });
+      }
+    }
+    for (const [name, failure] of networks?.failures ?? []) if (!failures.has(name)) failures.set(name, failure);
+    return failures;
   };
 
   // ── the last line of defence: PID 1 never exits ────────────────────────────────────────────
@@ -662,6 +684,24 @@ export function runPid1(options: Pid1Options): Pid1Handle {
       },
     },
     {
+      name: 'networks',
+      policy: 'warn',
+      run: async (context) => {
+        if (verifiedInstall === null) return context.skip('no verified install');
+        // In a PID namespace on a host the network namespace is the host's: never touch it.
+        if (!earlyMounts) return namespaceSkip(context);
+        const tools = { native, waitForExit: (pid: number) => supervisor.waitForExit(pid), scratchDir: stateDir, sleep };
+        networks = await runNetworkPhase(verifiedInstall.install.targets, {
+          runTool: (argv, input) => runTool(tools, `/usr/sbin/${argv[0]}`, argv, NETWORK_TOOL_TIMEOUT_MS, input),
+          writeSysctl: (file, value) => writeFileSync(file, value),
+          say,
+          log: (fields, message) => log.info(fields, message),
+        });
+        if (networks.failures.size > 0 && networks.plan === null) throw new PhaseFailure(networks.note, networks.note);
+        context.note(networks.note);
+      },
+    },
+    {
       name: 'storage',
       policy: 'warn',
       run: async (context) => {
@@ -692,7 +732,7 @@ export function runPid1(options: Pid1Options): Pid1Handle {
       run: async (context) => {
         // A verified install runs its own targets, and nothing else: the service file is for
         // machines without a store (demo, tests).
-        const loaded = storage !== null ? { specs: storage.services, error: null } : await loadServiceFile(configPath);
+        const loaded = storage !== null ? { specs: withBootFailures(storage.services, bootFailures()), error: null } : await loadServiceFile(configPath);
         const { specs, error } = loaded;
         if (storage !== null) watchImageCorruption(storage);
         if (error) {

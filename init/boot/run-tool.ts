@@ -3,7 +3,7 @@
  * tail of what it printed. Through the addon's spawn and the one reaper, never child_process
  * (whose libuv handles would lose their exits to the reaper). Bounded: SIGKILL at the deadline.
  */
-import { closeSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { ChildExit, Native } from '../../native/types.ts';
 
@@ -26,10 +26,16 @@ export interface ToolRunner {
 const OUTPUT_TAIL_BYTES = 4096;
 let runs = 0;
 
-export async function runTool(runner: ToolRunner, file: string, argv: string[], timeoutMs: number): Promise<ToolRun> {
-  const outputFile = path.join(runner.scratchDir, `tool-${process.pid}-${++runs}.out`);
+/** `input`: what the tool reads on its stdin (an nft ruleset), else /dev/null. */
+export async function runTool(runner: ToolRunner, file: string, argv: string[], timeoutMs: number, input: string | null = null): Promise<ToolRun> {
+  const run = ++runs;
+  const outputFile = path.join(runner.scratchDir, `tool-${process.pid}-${run}.out`);
   const outputFd = openSync(outputFile, 'w', 0o600);
-  const devNull = openSync('/dev/null', 'r');
+  // A file, not a pipe: nothing to pump from the event loop while PID 1 waits for the exit.
+  const inputFile = input === null ? null : path.join(runner.scratchDir, `tool-${process.pid}-${run}.in`);
+  if (inputFile !== null) writeFileSync(inputFile, input ?? '', { mode: 0o600 });
+  const devNull = openSync(inputFile ?? '/dev/null', 'r');
+  if (inputFile !== null) rmSync(inputFile, { force: true });
   let pid: number;
   try {
     pid = runner.native.spawn({

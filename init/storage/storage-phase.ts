@@ -68,6 +68,14 @@ export function unavailableService(name: string, code: string, message: string):
   return { ...spec!, unavailable: { code, message } };
 }
 
+/** The specs with those that an earlier boot phase could not prepare made unavailable (first cause wins). */
+export function withBootFailures(specs: readonly ServiceSpec[], failures: ReadonlyMap<string, { code: string; message: string }>): ServiceSpec[] {
+  return specs.map((spec) => {
+    const failure = failures.get(spec.name);
+    return failure === undefined || spec.unavailable ? spec : unavailableService(spec.name, failure.code, failure.message);
+  });
+}
+
 /** Whole milliseconds since `started` (process.hrtime.bigint(), CLOCK_MONOTONIC), for the console line. */
 function elapsedMs(started: bigint): number {
   return Math.round(Number(process.hrtime.bigint() - started) / 1e6);

@@ -1,5 +1,5 @@
 /** runTool: spawn through the addon, the exit from the reaper, output tail, SIGKILL at the deadline. */
-import { mkdtempSync, readdirSync, rmSync, writeSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readSync, rmSync, writeSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -48,6 +48,22 @@ describe('runTool', () => {
     const run = await runTool(r, '/usr/sbin/mke2fs', ['mke2fs', '-q', '/dev/vdb'], 60_000);
     expect(run).toEqual({ code: 0, signal: null, output: 'mke2fs 1.47.0\n', timedOut: false });
     expect(native.spawned[0]!.options).toMatchObject({ file: '/usr/sbin/mke2fs', argv: ['mke2fs', '-q', '/dev/vdb'], setsid: true });
+    expect(readdirSync(scratchDir)).toEqual([]);
+  });
+
+  it('gives the program its input on stdin (an nft ruleset), from a file already unlinked', async () => {
+    const native = new FakeNative();
+    const spawn = native.spawn.bind(native);
+    let stdin = '';
+    native.spawn = (options) => {
+      const buffer = Buffer.alloc(64);
+      stdin = buffer.subarray(0, readSync(options.fds[0]!.parent, buffer, 0, 64, 0)).toString();
+      return spawn(options);
+    };
+    const { runner: r } = runner(native, () => ({ pid: 0, code: 0, signal: null, core: false }));
+    const run = await runTool(r, '/usr/sbin/nft', ['nft', '-f', '-'], 60_000, 'table inet mos {}\n');
+    expect(run.code).toBe(0);
+    expect(stdin).toBe('table inet mos {}\n');
     expect(readdirSync(scratchDir)).toEqual([]);
   });
 
