@@ -403,6 +403,12 @@ export class FakeNative implements Native {
     this.mknods.push({ path, mode, major, minor });
   }
 
+  readonly rootBinds: string[] = [];
+
+  rootOntoBindMount(dir: string): void {
+    this.rootBinds.push(dir);
+  }
+
   async sync(): Promise<void> {
     this.syncs++;
   }

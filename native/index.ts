@@ -39,6 +39,7 @@ const CORE_METHODS = [
   'setCtrlAltDelSignal',
   'bootTimeMs',
   'mknod',
+  'rootOntoBindMount',
   'sync',
   'killAll',
   'signalNumber',

@@ -294,6 +294,12 @@ export interface Native {
   bootTimeMs(): number;
   /** mknod(2); `mode` includes the file type (`S_IFCHR | 0o600`). */
   mknod(path: string, mode: number, major: number, minor: number): void;
+  /**
+   * Makes the root a bind mount of itself: mount("/", dir, MS_BIND|MS_REC), chdir(dir),
+   * mount(".", "/", MS_MOVE), chroot("."), chdir("/"). `dir` is an empty directory in the root.
+   * Metadata only, so on the main thread. Errors name the step (`mount EINVAL / (move)`).
+   */
+  rootOntoBindMount(dir: string): void;
   /** sync(2), off the main thread (it can take long with dirty data on slow disks). */
   sync(): Promise<void>;
   /**

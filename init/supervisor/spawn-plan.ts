@@ -58,7 +58,9 @@ export function planSpawn(input: SpawnPlanInput): SpawnPlan {
   const { spec } = input;
   const env: Record<string, string> = { PATH: DEFAULT_PATH, ...spec.env, INVOCATION_ID: input.invocationId };
   const pidEnv: string[] = [];
-  if (spec.readiness.type === 'notify' && input.notifySocket) {
+  // A container's notify socket and watchdog are in its config.json: crun must not see them
+  // (it would proxy the socket, keeping only READY=1).
+  if (spec.readiness.type === 'notify' && input.notifySocket && spec.container === undefined) {
     env.NOTIFY_SOCKET = input.notifySocket;
     if (spec.watchdogMs > 0) {
       env.WATCHDOG_USEC = String(spec.watchdogMs * 1000);

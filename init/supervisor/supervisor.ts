@@ -5,7 +5,9 @@
  * the `Native` port, feeds process exits (from the one reaper), readiness and watchdog pings back
  * in as events, and orders starts and stops by dependency. Time comes from an injected clock.
  */
-import { accessSync, closeSync, constants as fsConstants, openSync, readFileSync, readSync, statSync } from 'node:fs';
+import { accessSync, closeSync, constants as fsConstants, openSync, readFileSync, readSync, rmSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { constants as osConstants } from 'node:os';
 import type { ChildExit, Native, NativeError, Respawn } from '../../native/types.ts';
 import { ControlError, type SupervisorApi, type SupervisorInfo } from '../control/api.ts';
 import type { LogLine } from '../log/types.ts';
@@ -22,7 +24,7 @@ import {
 } from './machine.ts';
 import { NotifyRateLimiter, notifyEvents, parseNotifyMessage } from './notify-protocol.ts';
 import { type SpawnPlan, planSpawn } from './spawn-plan.ts';
-import type { ServiceSpec, ServiceState, ServiceStatus } from './types.ts';
+import type { ContainerRun, ServiceSpec, ServiceState, ServiceStatus } from './types.ts';
 import { monotonicMs } from '../monotonic.ts';
 
 export interface SupervisorClock {
@@ -143,6 +145,8 @@ interface Run {
   invocationId: string;
   /** The s6-style readiness pipe's read end and its poll, while the run waits for readiness. */
   readiness?: { fd: number; watch: { close(): void } };
+  /** A container run's init, once read from crun's pid file. */
+  containerInit?: number;
 }
 
 /**
@@ -298,6 +302,8 @@ export class Supervisor implements SupervisorApi {
   private restartsAtOnce(name: string, exit: ChildExit): boolean {
     if (this.shuttingDown) return false;
     const spec = this.specs.get(name)!;
+    // A container's next run waits for its last one to be cleaned up (handleExit): never ahead.
+    if (spec.container !== undefined) return false;
     const ready = this.dependencyVerdict(spec) === 'ready';
     return restartsAtOnce(this.runtimes.get(name)!, spec, exit, this.clock.monoNow(), ready);
   }
@@ -341,7 +347,7 @@ export class Supervisor implements SupervisorApi {
   private syncArm(name: string): void {
     const runtime = this.runtimes.get(name)!;
     const spec = this.specs.get(name)!;
-    const want = !this.shuttingDown && respawnsWhateverItsExit(runtime, spec, this.clock.monoNow()) ? runtime.pid : null;
+    const want = !this.shuttingDown && spec.container === undefined && respawnsWhateverItsExit(runtime, spec, this.clock.monoNow()) ? runtime.pid : null;
     const current = this.armed.get(name);
     if ((current?.pid ?? null) === want) return;
     this.disarm(name);
@@ -377,6 +383,64 @@ export class Supervisor implements SupervisorApi {
   }
 
   /**
+   * After crun exits. crun reports a container killed by signal n as 128+n: that is the run's
+   * signal. crun itself killed by a signal (it never is by mos, which SIGKILLs the container's
+   * init instead) may leave the container running and its state behind: the init is killed, so
+   * the whole PID namespace goes, and the state removed, so the next `crun run` of the id works.
+   */
+  private endContainerRun(name: string, container: ContainerRun, exit: ChildExit): ChildExit {
+    const init = this.containerInit(name);
+    const run = this.runs.get(name);
+    if (run) run.containerInit = undefined;
+    if (exit.signal !== null) {
+      if (init !== null) this.native.kill(init, 'SIGKILL');
+      try {
+        rmSync(path.join(container.stateRoot, container.id), { recursive: true, force: true });
+      } catch (error) {
+        this.logger.error({ service: name, err: error }, `${name}: removing crun's state of ${container.id} failed`);
+      }
+      this.logger.warn({ service: name, signal: exit.signal, init }, `${name}: crun was killed by ${exit.signal}; its container was killed and its state removed`);
+      return exit;
+    }
+    if (exit.code !== null && exit.code > 128 && exit.code < 128 + 65) {
+      const signal = signalName(exit.code - 128);
+      if (signal !== null) return { ...exit, code: null, signal };
+    }
+    return exit;
+  }
+
+  /**
+   * SIGKILL for a container goes to its init, not to crun: crun killed would leave the container
+   * running; the init killed ends the PID namespace, and crun exits 137 after cleaning up.
+   * False when there is no init to kill yet (crun still setting up): then crun itself goes.
+   */
+  private killContainerInit(name: string): boolean {
+    const init = this.containerInit(name);
+    if (init === null) return false;
+    this.native.kill(init, 'SIGKILL');
+    this.logger.debug({ service: name, pid: init }, 'sent SIGKILL to the container init');
+    return true;
+  }
+
+  /** The host pid of a container service's init, from crun's pid file (null until crun wrote it). */
+  private containerInit(name: string): number | null {
+    const run = this.runs.get(name);
+    const container = this.specs.get(name)?.container;
+    if (run === undefined || container === undefined || this.runtimes.get(name)?.pid == null) return null;
+    if (run.containerInit !== undefined) return run.containerInit;
+    let text: string;
+    try {
+      text = readFileSync(container.pidFile, 'utf8');
+    } catch {
+      return null;
+    }
+    const pid = /^\s*([1-9]\d{0,9})\s*$/.exec(text);
+    if (pid === null) return null;
+    run.containerInit = Number(pid[1]);
+    return run.containerInit;
+  }
+
+  /**
    * The exit of a child PID 1 started itself (not a service), from the one reaper. Call it in the
    * same turn as the spawn: the exit cannot be reaped before then.
    */
@@ -391,6 +455,8 @@ export class Supervisor implements SupervisorApi {
   private handleExit(exit: ChildExit): void {
     const name = this.servicesByPid.get(exit.pid);
     if (name !== undefined) {
+      const container = this.specs.get(name)!.container;
+      if (container !== undefined) exit = this.endContainerRun(name, container, exit);
       // The restart latency is death → next exec: when the machine will restart this service at
       // once anyway, the next run starts first and the exit's bookkeeping follows. An armed
       // respawn has already started it (in the reaper); otherwise it starts here.
@@ -532,6 +598,7 @@ export class Supervisor implements SupervisorApi {
         return;
       case 'signal': {
         if (effect.group && effect.pid === this.reusedGroup) return;
+        if (effect.signal === 'SIGKILL' && this.killContainerInit(name)) return;
         const sent = effect.group
           ? this.native.killProcessGroup(effect.pid, effect.signal)
           : this.native.kill(effect.pid, effect.signal);
@@ -607,6 +674,8 @@ export class Supervisor implements SupervisorApi {
     this.endRun(name);
     const run: Run = { invocationId: this.nextInvocationId() };
     this.runs.set(name, run);
+    // Another run's pid would be taken for this one's init until crun writes the file.
+    if (spec.container !== undefined) rmSync(spec.container.pidFile, { force: true });
     let readinessPipe: [number, number] | undefined;
     let readEndKept = false;
     try {
@@ -725,13 +794,20 @@ export class Supervisor implements SupervisorApi {
     this.schedule();
   }
 
-  /** The main pid first; else a process in the service's session (e.g. `systemd-notify`). */
+  /**
+   * The main pid first; else a process in the service's session (e.g. `systemd-notify`); for a
+   * container, its init (crun's pid file) or a process in the init's session.
+   */
   private serviceForSender(pid: number): string | null {
     const byPid = this.servicesByPid.get(pid);
     if (byPid !== undefined) return byPid;
     const session = this.sessionOf(pid);
-    if (session === null) return null;
-    for (const [name, runtime] of this.runtimes) if (runtime.pgid !== null && runtime.pgid === session) return name;
+    for (const [name, runtime] of this.runtimes) if (session !== null && runtime.pgid !== null && runtime.pgid === session) return name;
+    for (const [name, spec] of this.specs) {
+      if (spec.container === undefined) continue;
+      const init = this.containerInit(name);
+      if (init !== null && (init === pid || init === session)) return name;
+    }
     return null;
   }
 
@@ -955,6 +1031,7 @@ export class Supervisor implements SupervisorApi {
     const unfinished = outcome === 'deadline' ? active() : [];
     for (const name of unfinished) {
       const runtime = this.runtimes.get(name)!;
+      if (this.killContainerInit(name)) continue;
       if (runtime.pgid !== null) this.native.killProcessGroup(runtime.pgid, 'SIGKILL');
       if (runtime.pid !== null) this.native.kill(runtime.pid, 'SIGKILL');
     }
@@ -976,4 +1053,10 @@ export class Supervisor implements SupervisorApi {
     if (this.devNullFd !== null) this.native.close(this.devNullFd);
     this.devNullFd = null;
   }
+}
+
+/** `SIGKILL` for 9: the name of a signal number, or null for one Linux does not name. */
+function signalName(number: number): string | null {
+  for (const [name, value] of Object.entries(osConstants.signals)) if (value === number) return name;
+  return null;
 }

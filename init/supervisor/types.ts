@@ -55,10 +55,25 @@ export interface ServiceSpec {
   /** Run the service chroot'ed here: the root filesystem its image was mounted at. */
   root?: string;
   /**
+   * Set when the service is a container run by crun: `argv` is then crun's `run` command (crun is
+   * the main pid, and forwards the stop signal to the container's init), and the service's own
+   * process, environment and notify socket are in the bundle's config.json.
+   */
+  container?: ContainerRun;
+  /**
    * Set when the service cannot run at all (its image failed verification or activation):
    * every start ends in `failed` with this code and message, and nothing is spawned.
    */
   unavailable?: { code: string; message: string };
+}
+
+export interface ContainerRun {
+  /** crun's container id (`mos-<name>`). */
+  id: string;
+  /** crun's state directory (`--root`): a run crun could not clean up leaves `<stateRoot>/<id>`. */
+  stateRoot: string;
+  /** Where crun writes the container init's host pid (`--pid-file`), before the program runs. */
+  pidFile: string;
 }
 
 export type ServiceState =

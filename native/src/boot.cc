@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -307,6 +308,23 @@ Napi::Value Mknod(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// The root filesystem as a bind mount of itself, stacked on it: bind / (recursively) onto an
+// empty directory, move that mount onto /, chroot into it. The initramfs (rootfs) cannot be
+// pivot_root'ed away from (EINVAL: the root mount has no parent); a mount stacked on it can, so
+// containers pivot into their rootfs and drop every other mount of the machine.
+Napi::Value RootOntoBindMount(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string dir = RequireString(info[0], "dir");
+  if (mount("/", dir.c_str(), nullptr, MS_BIND | MS_REC, nullptr) != 0) {
+    ThrowNativeError(env, "mount", errno, dir.c_str());
+  }
+  if (chdir(dir.c_str()) != 0) ThrowNativeError(env, "chdir", errno, dir.c_str());
+  if (mount(".", "/", nullptr, MS_MOVE, nullptr) != 0) ThrowNativeError(env, "mount", errno, "/ (move)");
+  if (chroot(".") != 0) ThrowNativeError(env, "chroot", errno, ".");
+  if (chdir("/") != 0) ThrowNativeError(env, "chdir", errno, "/");
+  return env.Undefined();
+}
+
 Napi::Value KillAll(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string name = RequireString(info[0], "signal");
@@ -351,6 +369,7 @@ void RegisterBoot(Napi::Env env, Napi::Object exports) {
   exports.Set("bootTimeMs", Napi::Function::New(env, BootTimeMs, "bootTimeMs"));
   exports.Set("mknod", Napi::Function::New(env, Mknod, "mknod"));
   exports.Set("killAll", Napi::Function::New(env, KillAll, "killAll"));
+  exports.Set("rootOntoBindMount", Napi::Function::New(env, RootOntoBindMount, "rootOntoBindMount"));
   exports.Set("signalNumber", Napi::Function::New(env, SignalNumberOf, "signalNumber"));
   exports.Set("setV8Flags", Napi::Function::New(env, SetV8Flags, "setV8Flags"));
 }
