@@ -29,7 +29,7 @@
  *
  * The design and the console markers are described in docs/boot.md.
  */
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Native } from '../../native/types.ts';
@@ -81,6 +81,8 @@ import { countBlockDevices, createActivationEffects, createVolumeEffects } from 
 import { corruptionAfterRun, releaseTargets, runStoragePhase, TargetResources, withBootFailures, type StoragePhaseResult } from '../storage/storage-phase.ts';
 import { asFailure, readEmbeddedCa, runTrustPhase } from './trust-phase.ts';
 import { runNsgroupPhase } from './nsgroup-phase.ts';
+import { prepareContainers } from './container-phase.ts';
+import { CRUN_PATH } from '../../services/crun.ts';
 import { runNetworkPhase, type NetworkPhaseResult } from './network-phase.ts';
 import { runTool } from './run-tool.ts';
 import { nsgroupRoot, type NsgroupRanges } from '../../services/idmap.ts';
@@ -106,6 +108,8 @@ import { monotonicMs } from '../monotonic.ts';
 
 /** ip and nft finish in milliseconds; a hung one must not hold the boot. */
 const NETWORK_TOOL_TIMEOUT_MS = 10_000;
+/** An empty directory of the initramfs the root is bound onto before it moves to / (then removed). */
+const ROOT_BIND_DIR = '/.mos-root';
 
 export const PID1_DEFAULTS = {
   configPath: '/etc/mos/services.yaml',
@@ -267,6 +271,36 @@ export function runPid1(options: Pid1Options): Pid1Handle {
     const next = tpmQueue.then(run, run);
     tpmQueue = next.catch(() => {});
     return next;
+  };
+
+  /** The storage phase's container services as crun containers (bundles under <state>/bundles). */
+  const containerSpecs = (result: StoragePhaseResult): ServiceSpec[] => {
+    // crun sets a user-namespaced container up as the container's root (a mapped id), which
+    // must reach the rootfs and the bundle under the state directory: searchable by others, not
+    // listable. Nothing under it is readable to them by name alone (the control socket, logs and
+    // init.log have their own modes), and a container sees only its own root afterwards.
+    if (result.targets.some((target) => target.plan?.type === 'container')) chmodSync(stateDir, 0o711);
+    return prepareContainers(
+      result,
+      {
+        targets: new Map((verifiedInstall?.install.targets ?? []).map((target) => [target.service_name, target])),
+        nsgroups,
+        networks: networks?.plan ?? null,
+        notifySocketPath: notifySocketPath.startsWith('@') ? null : notifySocketPath,
+        dirs: { bundlesDir: path.join(stateDir, 'bundles'), crunStateRoot: path.join(stateDir, 'crun') },
+        // pivot_root works: the root is a bind mount (the mounts phase). In a PID namespace on a
+        // host, the host's hybrid cgroups refuse crun's cgroupfs.
+        crun: { path: CRUN_PATH, cgroupManager: earlyMounts ? 'cgroupfs' : 'disabled', noPivot: false },
+      },
+      {
+        mkdir: (dir, mode) => {
+          mkdirSync(dir, { recursive: true });
+          chmodSync(dir, mode);
+        },
+        writeFile: (file, text) => writeFileSync(file, text, { mode: 0o644 }),
+        say,
+      },
+    );
   };
 
   /** Services that earlier phases could not prepare (their nsgroup's ids, their network), by name. */
@@ -532,6 +566,15 @@ export function runPid1(options: Pid1Options): Pid1Handle {
           context.note(`namespace mode: tmpfs on ${target}`);
           return;
         }
+        // First the root itself: the initramfs as a bind mount stacked on it, so that containers
+        // can pivot_root into their rootfs (never from rootfs itself) and keep no machine mount.
+        try {
+          mkdirSync(ROOT_BIND_DIR, { mode: 0o700 });
+          native.rootOntoBindMount(ROOT_BIND_DIR);
+          rmdirSync(ROOT_BIND_DIR);
+        } catch (error) {
+          say(`mos: root stays the initramfs itself (containers cannot pivot_root): ${(error as Error).message}`);
+        }
         const outcomes = await applyMounts(native, EARLY_MOUNTS, 'early', { stopOnError: true, onMounted: (target) => ownMounts.push(target) });
         makeDevLinks();
         consoleSink.open();
@@ -732,7 +775,7 @@ export function runPid1(options: Pid1Options): Pid1Handle {
       run: async (context) => {
         // A verified install runs its own targets, and nothing else: the service file is for
         // machines without a store (demo, tests).
-        const loaded = storage !== null ? { specs: withBootFailures(storage.services, bootFailures()), error: null } : await loadServiceFile(configPath);
+        const loaded = storage !== null ? { specs: withBootFailures(containerSpecs(storage), bootFailures()), error: null } : await loadServiceFile(configPath);
         const { specs, error } = loaded;
         if (storage !== null) watchImageCorruption(storage);
         if (error) {

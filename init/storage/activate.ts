@@ -44,27 +44,16 @@ export interface ActivationEffects {
   mkdirp(dir: string): void;
   /** Removes a directory tree (the writable layer of a container target). */
   removeTree(dir: string): Promise<void>;
-  chmod(file: string, mode: number): void;
   /**
    * Makes `root` + `relative` a directory without following any symlink on the way (creating
    * what is missing): an image's own symlink (`/data -> /etc`) must never turn a mount inside the
    * service's root into one on the host. Throws when a component is a symlink or not a directory.
    */
   dirInside(root: string, relative: string): string;
+  /** An empty file at `relative` inside `root` (its directories by dirInside), never through a symlink; an existing file is kept. */
+  fileInside(root: string, relative: string): void;
 }
 
-/**
- * The device nodes a chroot'ed service gets in its own small /dev (a tmpfs): the ones every
- * program may open. Until services run in containers (crun, issue 6) this is all of /dev they see.
- */
-export const CHROOT_DEVICES: readonly { name: string; major: number; minor: number }[] = [
-  { name: 'null', major: 1, minor: 3 },
-  { name: 'zero', major: 1, minor: 5 },
-  { name: 'full', major: 1, minor: 7 },
-  { name: 'random', major: 1, minor: 8 },
-  { name: 'urandom', major: 1, minor: 9 },
-];
-const S_IFCHR = 0o020000;
 
 /** One step done, remembered so teardown can undo it. */
 type Undo =
@@ -230,22 +219,11 @@ export async function activateTarget(plan: TargetPlan, fx: ActivationEffects): P
       }
       done.push({ kind: 'mount', target: dest! });
     }
-    let devDir: string;
     try {
-      devDir = fx.dirInside(rootDir, '/dev');
-      await fx.native.mount({ source: 'tmpfs', target: devDir, fstype: 'tmpfs', flags: MountFlags.NOSUID | MountFlags.NOEXEC, data: 'mode=755,size=64k' });
+      for (const dir of plan.overlay.mountPoints.dirs) fx.dirInside(rootDir, dir);
+      for (const file of plan.overlay.mountPoints.files) fx.fileInside(rootDir, file);
     } catch (error) {
-      return fail('E_OVERLAY', `${plan.name}: /dev for the service: ${describe(error)}`);
-    }
-    done.push({ kind: 'mount', target: devDir });
-    try {
-      for (const device of CHROOT_DEVICES) {
-        const node = `${devDir}/${device.name}`;
-        fx.native.mknod(node, S_IFCHR | 0o666, device.major, device.minor);
-        fx.chmod(node, 0o666); // mknod applies the umask
-      }
-    } catch (error) {
-      return fail('E_OVERLAY', `${plan.name}: /dev for the service: ${describe(error)}`);
+      return fail('E_OVERLAY', `${plan.name}: mount points in its root: ${describe(error)}`);
     }
   }
   return { ok: true, active: { plan, layout, loop, dm, done } };

@@ -2,7 +2,8 @@
  * The real `ActivationEffects`: node:fs for reads and directories (libuv's thread pool, never
  * the main thread for a read that may hit a slow or failing disk), the addon for the rest.
  */
-import { chmodSync, close, existsSync, fstat, lstatSync, mkdirSync, open, read, readdirSync, readFileSync, rm } from 'node:fs';
+import { close, closeSync, constants as fsConstants, existsSync, fstat, lstatSync, mkdirSync, open, openSync, read, readdirSync, readFileSync, rm } from 'node:fs';
+import path from 'node:path';
 import { runTool, type ToolRunner } from '../boot/run-tool.ts';
 import type { VolumeEffects } from './volume-phase.ts';
 import { parseBlockDevice, type BlockDeviceInfo } from './volumes.ts';
@@ -38,6 +39,13 @@ export function dirInside(root: string, relative: string): string {
   return current;
 }
 
+/** An empty file inside a service root, for a bind mount of a file (the notify socket): never through a symlink of the image. */
+export function fileInside(root: string, relative: string): void {
+  const dir = dirInside(root, path.posix.dirname(relative));
+  const file = `${dir}/${path.posix.basename(relative)}`;
+  closeSync(openSync(file, fsConstants.O_CREAT | fsConstants.O_WRONLY | fsConstants.O_NOFOLLOW, 0o644));
+}
+
 export function createActivationEffects(native: Native): ActivationEffects {
   return {
     native,
@@ -67,8 +75,8 @@ export function createActivationEffects(native: Native): ActivationEffects {
       }
     },
     exists: (file) => existsSync(file),
-    chmod: (file, mode) => chmodSync(file, mode),
     dirInside,
+    fileInside,
     mkdirp: (dir) => void mkdirSync(dir, { recursive: true, mode: 0o755 }),
     removeTree: (dir) => new Promise((resolve, reject) => rm(dir, { recursive: true, force: true }, (error) => (error ? reject(error) : resolve()))),
   };

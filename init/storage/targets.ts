@@ -15,6 +15,7 @@
  * unavailable with the reason, so its service shows `failed` with that code in `mosctl status`.
  */
 import path from 'node:path';
+import { CONTAINER_MOUNT_POINTS } from '../../services/container.ts';
 import * as v from 'valibot';
 import type { VerifiedTarget } from '../trust/verify-install.ts';
 import { SQUASHFS_MEDIA_TYPE_PREFIX, VERITY_ROOT_HASH_ANNOTATION, VERITY_SUFFIX } from './verity.ts';
@@ -57,7 +58,13 @@ export interface TargetPlan {
   /** The read-only squashfs mount. */
   imageDir: string;
   /** Container targets: the overlay the service runs in, and its writable layer. */
-  overlay?: { rootDir: string; upperDir: string; workDir: string };
+  overlay?: {
+    rootDir: string;
+    upperDir: string;
+    workDir: string;
+    /** Made in the overlay at each activation, never through an image symlink: the container's mount points. */
+    mountPoints: { readonly dirs: readonly string[]; readonly files: readonly string[] };
+  };
   /** Container targets: the process from the image config. */
   process?: ImageProcess;
   /** Container targets: storage volumes bound into the root (set once the volumes are ready). */
@@ -163,7 +170,7 @@ export function planTarget(verified: VerifiedTarget, dirs: StorageDirs): TargetP
     if (!process.ok) return refuse('E_IMAGE_CONFIG', `${name}: ${process.message}`);
     plan.process = process.process;
     const scratch = path.join(dirs.scratchDir, name);
-    plan.overlay = { rootDir: path.join(targetDir, 'root'), upperDir: path.join(scratch, 'upper'), workDir: path.join(scratch, 'work') };
+    plan.overlay = { rootDir: path.join(targetDir, 'root'), upperDir: path.join(scratch, 'upper'), workDir: path.join(scratch, 'work'), mountPoints: CONTAINER_MOUNT_POINTS };
   }
   return { ok: true, plan };
 }

@@ -44,6 +44,7 @@ function verifiedTarget(
 function memoryEffects(native: FakeNative, files: Map<string, Buffer>, options: { eio?: Set<string> } = {}) {
   const dirs = new Set<string>();
   const removed: string[] = [];
+  const madeFiles: string[] = [];
   const dmBacking = (file: string) => {
     for (const [, entry] of native.dmDevices) {
       if (entry.device.path === file) {
@@ -69,7 +70,7 @@ function memoryEffects(native: FakeNative, files: Map<string, Buffer>, options: 
       return Buffer.from(data.subarray(offset, offset + length));
     },
     exists: (file) => file.startsWith('/dev/dm-'),
-    chmod: () => {},
+    fileInside: (root, relative) => void madeFiles.push(`${root}${relative}`),
     dirInside: (root, relative) => {
       if (relative.includes('link')) throw new Error(`${relative} is a symlink in the image: a mount there could land outside the service root`);
       return `${root}${relative}`;
@@ -80,7 +81,7 @@ function memoryEffects(native: FakeNative, files: Map<string, Buffer>, options: 
       dirs.delete(dir);
     },
   };
-  return { fx, dirs, removed };
+  return { fx, dirs, removed, madeFiles };
 }
 
 function planFor(image: VerityImage, name = 'web', type: InstallTarget['service_type'] = 'container'): TargetPlan {
@@ -111,7 +112,12 @@ describe('target plans', () => {
         mediaType: MEDIA_TYPE,
         dmName: 'mos-web',
         imageDir: '/run/mos/targets/web/image',
-        overlay: { rootDir: '/run/mos/targets/web/root', upperDir: '/run/mos/scratch/web/upper', workDir: '/run/mos/scratch/web/work' },
+        overlay: {
+          rootDir: '/run/mos/targets/web/root',
+          upperDir: '/run/mos/scratch/web/upper',
+          workDir: '/run/mos/scratch/web/work',
+          mountPoints: { dirs: ['/dev', '/proc', '/sys'], files: ['/run/mos/notify'] },
+        },
         process: { argv: ['/bin/busybox', 'httpd', '-f'], env: { PATH: '/bin', MODE: 'demo' }, cwd: '/srv' },
       },
     });
@@ -169,7 +175,7 @@ describe('target plans', () => {
 
 describe('activation', () => {
   it('loop (read-only) → dm-verity with the planned table → check → squashfs read-only → overlay; teardown undoes it all', async () => {
-    const { native, image, plan, fx, removed } = setup();
+    const { native, image, plan, fx, removed, madeFiles } = setup();
     const result = await activateTarget(plan, fx);
     expect(result.ok).toBe(true);
     if (!result.ok) return;
@@ -189,20 +195,14 @@ describe('activation', () => {
         flags: 4,
         data: 'lowerdir=/run/mos/targets/web/image,upperdir=/run/mos/scratch/web/upper,workdir=/run/mos/scratch/web/work',
       },
-      { source: 'tmpfs', target: '/run/mos/targets/web/root/dev', fstype: 'tmpfs', flags: 2 | 8, data: 'mode=755,size=64k' },
     ]);
-    expect(native.mknods.map((node) => `${node.path} ${node.major}:${node.minor}`)).toEqual([
-      '/run/mos/targets/web/root/dev/null 1:3',
-      '/run/mos/targets/web/root/dev/zero 1:5',
-      '/run/mos/targets/web/root/dev/full 1:7',
-      '/run/mos/targets/web/root/dev/random 1:8',
-      '/run/mos/targets/web/root/dev/urandom 1:9',
-    ]);
+    // crun's mount points, made by mos (a user namespace's root could not in a root-owned image).
+    expect(madeFiles).toEqual(['/run/mos/targets/web/root/run/mos/notify']);
     // A writable layer never survives from before.
     expect(removed).toEqual(['/run/mos/scratch/web/upper', '/run/mos/scratch/web/work']);
 
     expect(await deactivateTarget(result.active, fx)).toEqual([]);
-    expect(native.umounts.map((u) => u.target)).toEqual(['/run/mos/targets/web/root/dev', '/run/mos/targets/web/root', '/run/mos/targets/web/image']);
+    expect(native.umounts.map((u) => u.target)).toEqual(['/run/mos/targets/web/root', '/run/mos/targets/web/image']);
     expect(native.dmDevices.size).toBe(0);
     expect(native.loops.size).toBe(0);
     expect(removed.slice(2)).toEqual(['/run/mos/scratch/web/work', '/run/mos/scratch/web/upper']);
@@ -271,7 +271,7 @@ describe('activation', () => {
     if (!result.ok) throw new Error(result.message);
     expect(native.mounts[2]).toEqual({ source: '/run/mos/volumes/data', target: '/run/mos/targets/web/root/var/lib/data', fstype: '', flags: 4096, data: '' });
     await deactivateTarget(result.active, fx);
-    expect(native.umounts.map((u) => u.target)).toEqual(['/run/mos/targets/web/root/dev', '/run/mos/targets/web/root/var/lib/data', '/run/mos/targets/web/root', '/run/mos/targets/web/image']);
+    expect(native.umounts.map((u) => u.target)).toEqual(['/run/mos/targets/web/root/var/lib/data', '/run/mos/targets/web/root', '/run/mos/targets/web/image']);
 
     const linked = setup();
     linked.plan.volumeMounts = [{ source: '/run/mos/volumes/data', dest: '/link/data', label: 'data' }];
@@ -285,8 +285,8 @@ describe('activation', () => {
     if (!result.ok) throw new Error(result.message);
     native.failNextUmount = 'EBUSY';
     const problems = await deactivateTarget(result.active, fx);
-    expect(problems).toEqual(['/run/mos/targets/web/root/dev was busy: detached lazily']);
-    expect(native.umounts[1]).toEqual({ target: '/run/mos/targets/web/root/dev', flags: 2 });
+    expect(problems).toEqual(['/run/mos/targets/web/root was busy: detached lazily']);
+    expect(native.umounts[1]).toEqual({ target: '/run/mos/targets/web/root', flags: 2 });
     expect(native.loops.size).toBe(0);
   });
 });
@@ -432,7 +432,7 @@ describe('storage phase with a scratch disk', () => {
     };
     const withDisk = await run([{ serial: 'machine-scratch' }]);
     expect(withDisk.tools.map((argv) => argv[0])).toEqual(['mke2fs']);
-    expect(withDisk.result.targets[0]!.plan!.overlay).toEqual({
+    expect(withDisk.result.targets[0]!.plan!.overlay).toMatchObject({
       rootDir: '/run/mos/targets/web/root',
       upperDir: '/run/mos/volumes/machine-scratch/web/upper',
       workDir: '/run/mos/volumes/machine-scratch/web/work',

@@ -1,0 +1,77 @@
+/**
+ * Turns the storage phase's container services (each an image process over its verity-backed
+ * overlay) into crun containers: each gets its OCI bundle, written under `bundlesDir`, in its
+ * nsgroup's user namespace and its network (services/container.ts plans it), and its spec runs
+ * `crun run` as the main process. A container that cannot be planned or written is unavailable
+ * with E_CONTAINER; the others run.
+ */
+import path from 'node:path';
+import { planContainer, type ContainerInput } from '../../services/container.ts';
+import { isHostNsgroup, nsgroupRoot, RANGE_SIZE, type NsgroupRanges } from '../../services/idmap.ts';
+import type { NetworkPlan } from '../../services/network.ts';
+import type { StoragePhaseResult } from '../storage/storage-phase.ts';
+import { unavailableService } from '../storage/storage-phase.ts';
+import type { ServiceSpec } from '../supervisor/types.ts';
+import type { InstallTarget } from '../trust/formats.ts';
+
+export interface ContainerPhaseContext {
+  /** The install's targets by name (nsgroup, network). */
+  targets: ReadonlyMap<string, InstallTarget>;
+  nsgroups: NsgroupRanges;
+  networks: NetworkPlan | null;
+  /** mos's sd_notify socket on the host, or null when it has none. */
+  notifySocketPath: string | null;
+  dirs: ContainerInput['dirs'];
+  crun: ContainerInput['crun'];
+  seccomp?: unknown;
+}
+
+export interface ContainerPhaseEffects {
+  /** mkdir -p with this mode for the last component. */
+  mkdir(dir: string, mode: number): void;
+  writeFile(file: string, text: string): void;
+  say(line: string): void;
+}
+
+export function prepareContainers(storage: StoragePhaseResult, context: ContainerPhaseContext, fx: ContainerPhaseEffects): ServiceSpec[] {
+  const plans = new Map(storage.targets.filter((target) => target.active !== null && target.plan?.type === 'container').map((target) => [target.name, target.plan!]));
+  fx.mkdir(context.dirs.bundlesDir, 0o711);
+  return storage.services.map((spec) => {
+    const plan = plans.get(spec.name);
+    const target = context.targets.get(spec.name);
+    if (spec.unavailable || plan === undefined || plan.process === undefined || plan.overlay === undefined || target === undefined) return spec;
+    const fail = (message: string): ServiceSpec => {
+      fx.say(`mos: containers: ${spec.name}: E_CONTAINER: ${message}`);
+      return unavailableService(spec.name, 'E_CONTAINER', message);
+    };
+    const root = nsgroupRoot(target.nsgroup, context.nsgroups);
+    if (!root.ok) return unavailableService(spec.name, root.code, root.message);
+    const range = isHostNsgroup(target.nsgroup) ? null : { hostId: root.uid, size: RANGE_SIZE };
+    const network = context.networks?.services.find((service) => service.service === spec.name);
+    const notify = spec.readiness.type === 'notify' ? context.notifySocketPath : null;
+    const planned = planContainer({
+      name: spec.name,
+      rootfs: plan.overlay.rootDir,
+      process: plan.process,
+      idRange: range,
+      network: { type: target.network.type, netnsPath: network?.netnsPath ?? null },
+      notifySocket: notify,
+      watchdogMs: spec.watchdogMs,
+      dirs: context.dirs,
+      crun: context.crun,
+      ...(context.seccomp !== undefined ? { seccomp: context.seccomp } : {}),
+    });
+    if (!planned.ok) return fail(planned.message);
+    try {
+      // Searchable, not readable, by the container's root (a mapped id): crun in the user
+      // namespace reaches the rootfs and the pid file's directory through it.
+      fx.mkdir(planned.bundleDir, 0o711);
+      fx.writeFile(path.join(planned.bundleDir, 'config.json'), `${JSON.stringify(planned.config, null, 2)}\n`);
+    } catch (error) {
+      return fail(`writing its bundle ${planned.bundleDir}: ${(error as Error).message}`);
+    }
+    const { root: _root, uid: _uid, gid: _gid, ...rest } = spec;
+    return { ...rest, argv: planned.argv, env: {}, cwd: '/', container: planned.run };
+  });
+}
+

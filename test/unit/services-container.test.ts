@@ -1,0 +1,112 @@
+/**
+ * A container target as the supervisor runs it: the bundle in its nsgroup's user namespace and
+ * network, mos's notify socket bound in, `crun run` as the program; and the boot step that turns
+ * the storage phase's services into such containers.
+ */
+import { describe, expect, it } from 'vitest';
+import { CONTAINER_MOUNT_POINTS, NOTIFY_SOCKET_IN_CONTAINER, planContainer, rootfsMountPoints, type ContainerInput } from '../../services/container.ts';
+import { prepareContainers, type ContainerPhaseContext } from '../../init/boot/container-phase.ts';
+import type { StoragePhaseResult } from '../../init/storage/storage-phase.ts';
+import type { InstallTarget } from '../../init/trust/formats.ts';
+import { makeSpec } from '../helpers/specs.ts';
+
+const INPUT: ContainerInput = {
+  name: 'web',
+  rootfs: '/run/mos/targets/web/root',
+  process: { argv: ['/bin/httpd', '-f'], env: { MODE: 'demo' }, cwd: '/srv', uid: 33, gid: 33 },
+  idRange: { hostId: 196608, size: 65536 },
+  network: { type: 'simple', netnsPath: '/run/netns/mos-web' },
+  notifySocket: '/run/mos/notify',
+  watchdogMs: 2000,
+  dirs: { bundlesDir: '/run/mos/bundles', crunStateRoot: '/run/mos/crun' },
+  crun: { path: '/usr/bin/crun', cgroupManager: 'cgroupfs', noPivot: false },
+};
+
+describe('planContainer', () => {
+  it('a bundle in the nsgroup\'s user namespace and the service\'s netns, with mos\'s notify socket bound in; crun run as the program', () => {
+    const plan = planContainer(INPUT);
+    if (!plan.ok) throw new Error(plan.message);
+    expect(plan.bundleDir).toBe('/run/mos/bundles/web');
+    expect(plan.argv).toEqual(['/usr/bin/crun', '--root=/run/mos/crun', '--cgroup-manager=cgroupfs', 'run', '--bundle=/run/mos/bundles/web', '--pid-file=/run/mos/bundles/web/init.pid', 'mos-web']);
+    expect(plan.run).toEqual({ id: 'mos-web', stateRoot: '/run/mos/crun', pidFile: '/run/mos/bundles/web/init.pid' });
+    const { config } = plan;
+    expect(config.linux.uidMappings).toEqual([{ containerID: 0, hostID: 196608, size: 65536 }]);
+    expect(config.linux.namespaces).toContainEqual({ type: 'network', path: '/run/netns/mos-web' });
+    expect(config.process.user).toEqual({ uid: 33, gid: 33 });
+    expect(config.process.env).toEqual(expect.arrayContaining(['MODE=demo', `NOTIFY_SOCKET=${NOTIFY_SOCKET_IN_CONTAINER}`, 'WATCHDOG_USEC=2000000', 'WATCHDOG_PID=1']));
+    expect(config.mounts).toContainEqual({ destination: NOTIFY_SOCKET_IN_CONTAINER, type: 'bind', source: '/run/mos/notify', options: ['rbind'] });
+  });
+
+  it('every mount point the bundle needs in the rootfs is one activation makes', () => {
+    for (const network of [{ type: 'host', netnsPath: null }, { type: 'none', netnsPath: null }] as const) {
+      for (const idRange of [null, INPUT.idRange]) {
+        const plan = planContainer({ ...INPUT, network, idRange, notifySocket: null });
+        if (!plan.ok) throw new Error(plan.message);
+        expect(rootfsMountPoints(plan.config).every((dir) => CONTAINER_MOUNT_POINTS.dirs.includes(dir))).toBe(true);
+      }
+    }
+  });
+
+  it('nsgroup none: no user namespace; no notify socket: none in the env or the mounts', () => {
+    const plan = planContainer({ ...INPUT, idRange: null, notifySocket: null, network: { type: 'host', netnsPath: null } });
+    if (!plan.ok) throw new Error(plan.message);
+    expect(plan.config.linux.uidMappings).toBeUndefined();
+    expect(plan.config.linux.namespaces.map((ns) => ns.type)).not.toContain('user');
+    expect(plan.config.linux.namespaces.map((ns) => ns.type)).not.toContain('network');
+    expect(plan.config.process.env.some((entry) => entry.startsWith('NOTIFY_SOCKET=') || entry.startsWith('WATCHDOG_'))).toBe(false);
+  });
+
+  it('refuses what bundle.ts refuses, naming the container', () => {
+    expect(planContainer({ ...INPUT, process: { ...INPUT.process, uid: 70000 } })).toEqual({ ok: false, message: 'container web: process uid 70000 is outside the mapped range 0..65535' });
+  });
+});
+
+describe('prepareContainers', () => {
+  const target = (name: string, nsgroup: string, type: 'simple' | 'none' = 'none') =>
+    ({ service_name: name, service_type: 'container', nsgroup, network: { type, ipv4: type === 'simple' ? '10.0.3.2/24' : '', ipv6: '', ports: null } }) as InstallTarget;
+  const storage = (names: string[]): StoragePhaseResult =>
+    ({
+      targets: names.map((name) => ({
+        name,
+        type: 'container',
+        active: {},
+        failure: null,
+        plan: { name, type: 'container', overlay: { rootDir: `/run/mos/targets/${name}/root` }, process: { argv: ['/bin/sh'], env: {}, cwd: '/' } },
+      })),
+      volumes: new Map(),
+      services: names.map((name) => ({ ...makeSpec({ name, argv: ['/bin/sh'] }), root: `/run/mos/targets/${name}/root` })),
+    }) as unknown as StoragePhaseResult;
+  const context = (targets: InstallTarget[], nsgroups: ContainerPhaseContext['nsgroups']): ContainerPhaseContext => ({
+    targets: new Map(targets.map((t) => [t.service_name, t])),
+    nsgroups,
+    networks: null,
+    notifySocketPath: '/run/mos/notify',
+    dirs: INPUT.dirs,
+    crun: INPUT.crun,
+  });
+  const effects = () => {
+    const written = new Map<string, string>();
+    const dirs: string[] = [];
+    const lines: string[] = [];
+    return { written, dirs, lines, fx: { mkdir: (dir: string, mode: number) => void dirs.push(`${dir} ${mode.toString(8)}`), writeFile: (file: string, text: string) => void written.set(file, text), say: (line: string) => void lines.push(line) } };
+  };
+
+  it('writes each bundle (searchable, not listable) and runs crun instead of the chroot', () => {
+    const { written, dirs, fx } = effects();
+    const ranges = { ok: true as const, assignment: { ranges: { web: { hostId: 131072, size: 65536 } }, retired: {} } };
+    const specs = prepareContainers(storage(['web', 'tools']), context([target('web', 'web'), target('tools', 'none')], ranges), fx);
+    expect(dirs).toEqual(['/run/mos/bundles 711', '/run/mos/bundles/web 711', '/run/mos/bundles/tools 711']);
+    const web = JSON.parse(written.get('/run/mos/bundles/web/config.json')!);
+    expect(web.linux.uidMappings).toEqual([{ containerID: 0, hostID: 131072, size: 65536 }]);
+    expect(JSON.parse(written.get('/run/mos/bundles/tools/config.json')!).linux.uidMappings).toBeUndefined();
+    expect(specs[0]).toMatchObject({ name: 'web', argv: expect.arrayContaining(['run', 'mos-web']), container: { id: 'mos-web' }, env: {}, cwd: '/' });
+    expect(specs[0]!.root).toBeUndefined();
+  });
+
+  it('a named nsgroup without a range makes its service unavailable with the nsgroup\'s code', () => {
+    const { fx } = effects();
+    const refused = { ok: false as const, code: 'E_NSGROUP_STATE', message: 'the TPM index is not ours' };
+    const specs = prepareContainers(storage(['web']), context([target('web', 'web')], refused), fx);
+    expect(specs[0]!.unavailable).toEqual({ code: 'E_NSGROUP_STATE', message: 'nsgroup web has no id range: the TPM index is not ours' });
+  });
+});
