@@ -118,7 +118,14 @@ const APT_TOOLS = {
   crun: 'crun', ip: 'iproute2', nft: 'nftables', openssl: 'openssl', 'dpkg-deb': 'dpkg', faketime: 'faketime',
   mke2fs: 'e2fsprogs', e2fsck: 'e2fsprogs',
 };
-const APT_FILES = { [STUB]: 'systemd-boot-efi', [SNAKEOIL.key]: 'ovmf', '/usr/share/OVMF/OVMF_CODE_4M.snakeoil.fd': 'ovmf' };
+/** The seccomp template every container's profile is resolved from (services/seccomp.ts). */
+const SECCOMP_TEMPLATE = '/usr/share/containers/seccomp.json';
+const APT_FILES = {
+  [STUB]: 'systemd-boot-efi',
+  [SNAKEOIL.key]: 'ovmf',
+  '/usr/share/OVMF/OVMF_CODE_4M.snakeoil.fd': 'ovmf',
+  [SECCOMP_TEMPLATE]: 'golang-github-containers-common',
+};
 
 // ---- Small effect helpers ----------------------------------------------------------------------
 function log(message) {
@@ -389,6 +396,9 @@ function buildTree({ variant, stageDir, node, kernel, modulePlan, epoch, trustCa
   addWithLibraries(tree, bundle.addon, 'usr/lib/mos/mos_native.node', libs);
   addWithLibraries(tree, bundle.tpmAddon, 'usr/lib/mos/mos_tpm.node', libs);
   for (const hostPath of Object.keys(BINARIES)) addWithLibraries(tree, hostPath, imagePathFor(hostPath), libs);
+  // containers-common's seccomp template, at the same path: PID 1 resolves it for every container
+  // (services/seccomp.ts); without it no container starts (E_SECCOMP).
+  tree.file(SECCOMP_TEMPLATE.slice(1), SECCOMP_TEMPLATE);
   // Kernel modules, decompressed to plain .ko (finit_module without in-kernel decompression).
   const modRoot = `usr/lib/modules/${KERNEL.release}`;
   for (const modPath of modulePlan.paths) {

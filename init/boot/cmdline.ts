@@ -4,6 +4,7 @@
  * The command line is part of the signed UKI (systemd-stub ignores an override under Secure
  * Boot), which is why it may carry trust decisions such as `mos.debug_control=1`.
  */
+import { isIPv4 } from 'node:net';
 
 /** `key=value` words (the first `=` splits), bare words map to `''`; the last occurrence wins. */
 export function parseCmdline(text: string): Map<string, string> {
@@ -69,10 +70,36 @@ export interface MosCmdline {
   /** `mos.trust_pcrs=7,11`: the PCRs the trust root's read policy is over (default 7,11). */
   trustPcrs: number[];
   /**
+   * `mos.uplink=<interface>,<address/prefix>[,<gateway>]`: the machine's own network interface,
+   * configured statically before the service networks (e.g. `eth0,10.0.2.15/24,10.0.2.2` under
+   * QEMU's user networking). Null: mos leaves the machine's interfaces alone.
+   */
+  uplink: Uplink | null;
+  /**
    * `mos.*` values that could not be read (key and why). The keys then keep their defaults; the
    * trust phase refuses to boot when one of its keys is here (a typo must not weaken the check).
    */
   invalid: { key: string; reason: string }[];
+}
+
+export interface Uplink {
+  device: string;
+  /** `10.0.2.15/24` */
+  address: string;
+  gateway: string | null;
+}
+
+/** `eth0,10.0.2.15/24,10.0.2.2` → the uplink, or what is wrong with it. */
+export function parseUplink(text: string): Uplink | string {
+  const [device, address, gateway, ...rest] = text.split(',');
+  if (rest.length > 0 || device === undefined || address === undefined) return `expected <interface>,<address/prefix>[,<gateway>], not ${JSON.stringify(text)}`;
+  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$/.test(device)) return `interface name ${JSON.stringify(device)} is not one (at most 15 letters, digits, _.-)`;
+  const [ip, prefix, ...more] = address.split('/');
+  if (more.length > 0 || ip === undefined || !isIPv4(ip) || prefix === undefined || !/^\d{1,2}$/.test(prefix) || Number(prefix) > 32) {
+    return `address ${JSON.stringify(address)} is not an IPv4 address/prefix such as 10.0.2.15/24`;
+  }
+  if (gateway !== undefined && gateway !== '' && !isIPv4(gateway)) return `gateway ${JSON.stringify(gateway)} is not an IPv4 address`;
+  return { device, address, gateway: gateway === undefined || gateway === '' ? null : gateway };
 }
 
 export const CMDLINE_DEFAULTS = {
@@ -125,6 +152,9 @@ export function readMosCmdline(cmdline: Map<string, string>): MosCmdline {
   const pcrsText = get('mos.trust_pcrs');
   const pcrs = pcrsText === null ? null : parsePcrList(pcrsText);
   if (typeof pcrs === 'string') invalid.push({ key: 'mos.trust_pcrs', reason: pcrs });
+  const uplinkText = get('mos.uplink');
+  const uplink = uplinkText === null ? null : parseUplink(uplinkText);
+  if (typeof uplink === 'string') invalid.push({ key: 'mos.uplink', reason: uplink });
 
   return {
     config: get('mos.config') || null,
@@ -136,6 +166,7 @@ export function readMosCmdline(cmdline: Map<string, string>): MosCmdline {
     testCrash: get('mos.test_crash') || null,
     shutdownTimeoutMs: timeoutMs,
     store: store !== null && store !== '' && store.startsWith('/') ? store : null,
+    uplink: typeof uplink === 'string' ? null : uplink,
     manifestTag: tag || CMDLINE_DEFAULTS.manifestTag,
     product: product !== null && product !== '' ? product : null,
     tpm: tpm !== null && TCTI_PATTERN.test(tpm) ? tpm : CMDLINE_DEFAULTS.tpm,

@@ -11,6 +11,7 @@
  */
 import type { ToolRun } from './run-tool.ts';
 import type { InstallTarget } from '../trust/formats.ts';
+import type { Uplink } from './cmdline.ts';
 import { planNetworks, type Command, type NetworkPlan } from '../../services/network.ts';
 
 export interface NetworkPhaseEffects {
@@ -51,6 +52,32 @@ async function runAll(commands: readonly Command[], fx: NetworkPhaseEffects): Pr
 /** Runs every teardown command whatever happens ("already gone" is fine). */
 async function runEach(commands: readonly Command[], fx: NetworkPhaseEffects): Promise<void> {
   for (const command of commands) await fx.runTool(command.argv, command.stdin);
+}
+
+/**
+ * The machine's own links: loopback up (the kernel leaves it down; forwards from the machine
+ * itself and every local service need it), and the uplink from `mos.uplink=` when there is one.
+ */
+export function planMachineLinks(uplink: Uplink | null): Command[] {
+  const ip = (...argv: string[]): Command => ({ argv: ['ip', ...argv], stdin: null });
+  const commands = [ip('link', 'set', 'lo', 'up')];
+  if (uplink !== null) {
+    commands.push(ip('link', 'set', uplink.device, 'up'), ip('addr', 'add', uplink.address, 'dev', uplink.device));
+    if (uplink.gateway !== null) commands.push(ip('route', 'add', 'default', 'via', uplink.gateway, 'dev', uplink.device));
+  }
+  return commands;
+}
+
+/** Brings the machine's links up; a failure is reported, and the service networks go on without it. */
+export async function runMachineLinks(uplink: Uplink | null, fx: NetworkPhaseEffects): Promise<string> {
+  const failed = await runAll(planMachineLinks(uplink), fx);
+  const what = uplink === null ? 'lo up' : `lo up; ${uplink.device} ${uplink.address}${uplink.gateway ? ` via ${uplink.gateway}` : ''}`;
+  if (failed !== null) {
+    fx.say(`mos: networks: machine links: ${failed}`);
+    return `machine links failed: ${failed}`;
+  }
+  fx.say(`mos: networks: ${what}`);
+  return what;
 }
 
 export async function runNetworkPhase(targets: readonly InstallTarget[], fx: NetworkPhaseEffects): Promise<NetworkPhaseResult> {

@@ -42,7 +42,7 @@ import { ServiceLogStore, logPipe } from '../log/service-log-store.ts';
 import { removeStaleSocket } from '../stale-socket.ts';
 import { loadServiceFile } from '../supervisor/spec.ts';
 import { Supervisor } from '../supervisor/supervisor.ts';
-import type { ServiceSpec } from '../supervisor/types.ts';
+import type { ContainerRun, ServiceSpec } from '../supervisor/types.ts';
 import { parseCmdline, readMosCmdline, type MosCmdline } from './cmdline.ts';
 import { ConsoleSink } from './console.ts';
 import { EmergencyState, describeError, guardProcessExit, injectUncaughtException, testCrashPoint } from './emergency.ts';
@@ -78,12 +78,14 @@ import type { VerifiedInstall } from '../trust/verify-install.ts';
 import { STORE_LAYOUT_DIR } from '../trust/boot-trust.ts';
 import type { ActivationEffects } from '../storage/activate.ts';
 import { countBlockDevices, createActivationEffects, createVolumeEffects } from '../storage/activation-effects.ts';
-import { corruptionAfterRun, releaseTargets, runStoragePhase, TargetResources, withBootFailures, type StoragePhaseResult } from '../storage/storage-phase.ts';
+import { corruptionAfterRun, releaseTargets, runStoragePhase, TargetResources, unavailableService, withBootFailures, type StoragePhaseResult } from '../storage/storage-phase.ts';
 import { asFailure, readEmbeddedCa, runTrustPhase } from './trust-phase.ts';
 import { runNsgroupPhase } from './nsgroup-phase.ts';
 import { prepareContainers } from './container-phase.ts';
-import { CRUN_PATH } from '../../services/crun.ts';
-import { runNetworkPhase, type NetworkPhaseResult } from './network-phase.ts';
+import { CRUN_PATH, type CrunCgroupManager } from '../../services/crun.ts';
+import { planDefaultSeccomp, seccompArchOf, SECCOMP_TEMPLATE_PATH } from '../../services/seccomp.ts';
+import { readBundleProcess, resolveExecTarget } from '../control/exec-target.ts';
+import { runMachineLinks, runNetworkPhase, type NetworkPhaseResult } from './network-phase.ts';
 import { runTool } from './run-tool.ts';
 import { nsgroupRoot, type NsgroupRanges } from '../../services/idmap.ts';
 import {
@@ -274,13 +276,37 @@ export function runPid1(options: Pid1Options): Pid1Handle {
   };
 
   /** The storage phase's container services as crun containers (bundles under <state>/bundles). */
+  /** The seccomp filter of every container: the image's template resolved for this machine. */
+  const containerSeccomp = (): { ok: true; seccomp: unknown } | { ok: false; message: string } => {
+    const arch = seccompArchOf(process.arch);
+    if (arch === null) return { ok: false, message: `no seccomp architecture for ${process.arch}` };
+    let template: unknown;
+    try {
+      template = JSON.parse(readFileSync(SECCOMP_TEMPLATE_PATH, 'utf8'));
+    } catch (error) {
+      return { ok: false, message: `seccomp template ${SECCOMP_TEMPLATE_PATH}: ${(error as Error).message}` };
+    }
+    const planned = planDefaultSeccomp(template, { arch, kernel: os.release() });
+    return planned.ok ? { ok: true, seccomp: planned.seccomp } : { ok: false, message: planned.message };
+  };
+  /** The container services' crun runs by name, for `mosctl exec`. */
+  const containerRuns = new Map<string, ContainerRun>();
+  /** In a PID namespace on a host, the host's hybrid cgroups refuse crun's cgroupfs. */
+  const crunCgroupManager = (): CrunCgroupManager => (earlyMounts ? 'cgroupfs' : 'disabled');
   const containerSpecs = (result: StoragePhaseResult): ServiceSpec[] => {
     // crun sets a user-namespaced container up as the container's root (a mapped id), which
     // must reach the rootfs and the bundle under the state directory: searchable by others, not
     // listable. Nothing under it is readable to them by name alone (the control socket, logs and
     // init.log have their own modes), and a container sees only its own root afterwards.
-    if (result.targets.some((target) => target.plan?.type === 'container')) chmodSync(stateDir, 0o711);
-    return prepareContainers(
+    if (!result.targets.some((target) => target.plan?.type === 'container')) return result.services;
+    chmodSync(stateDir, 0o711);
+    // Every container gets containers-common's default seccomp profile; without one none runs.
+    const seccomp = containerSeccomp();
+    if (!seccomp.ok) {
+      say(`mos: containers: E_SECCOMP: ${seccomp.message}; no container starts`);
+      return result.services.map((spec) => (spec.unavailable ? spec : unavailableService(spec.name, 'E_SECCOMP', seccomp.message)));
+    }
+    const specs = prepareContainers(
       result,
       {
         targets: new Map((verifiedInstall?.install.targets ?? []).map((target) => [target.service_name, target])),
@@ -288,9 +314,9 @@ export function runPid1(options: Pid1Options): Pid1Handle {
         networks: networks?.plan ?? null,
         notifySocketPath: notifySocketPath.startsWith('@') ? null : notifySocketPath,
         dirs: { bundlesDir: path.join(stateDir, 'bundles'), crunStateRoot: path.join(stateDir, 'crun') },
-        // pivot_root works: the root is a bind mount (the mounts phase). In a PID namespace on a
-        // host, the host's hybrid cgroups refuse crun's cgroupfs.
-        crun: { path: CRUN_PATH, cgroupManager: earlyMounts ? 'cgroupfs' : 'disabled', noPivot: false },
+        // pivot_root works: the root is a bind mount (the mounts phase).
+        crun: { path: CRUN_PATH, cgroupManager: crunCgroupManager(), noPivot: false },
+        seccomp: seccomp.seccomp,
       },
       {
         mkdir: (dir, mode) => {
@@ -301,6 +327,8 @@ export function runPid1(options: Pid1Options): Pid1Handle {
         say,
       },
     );
+    for (const spec of specs) if (spec.container) containerRuns.set(spec.name, spec.container);
+    return specs;
   };
 
   /** Services that earlier phases could not prepare (their nsgroup's ids, their network), by name. */
@@ -450,6 +478,17 @@ export function runPid1(options: Pid1Options): Pid1Handle {
         peerCredentials: (fd) => native.peerCredentials(fd),
         allowedUids: [0],
         logger: { info: (message) => log.info({}, message), warn: (message) => log.warn({}, message) },
+        // `mosctl exec`: where a running container service's crun state is; mosctl runs crun exec.
+        execTarget: (name) => {
+          const status = supervisor.status(name);
+          const run = containerRuns.get(name);
+          return resolveExecTarget({
+            status,
+            container: run
+              ? { id: run.id, stateRoot: run.stateRoot, crunPath: CRUN_PATH, cgroupManager: crunCgroupManager(), process: () => readBundleProcess(path.join(stateDir, 'bundles', name)) }
+              : null,
+          });
+        },
       });
     })().finally(() => {
       controlStarting = null;
@@ -730,16 +769,18 @@ export function runPid1(options: Pid1Options): Pid1Handle {
       name: 'networks',
       policy: 'warn',
       run: async (context) => {
-        if (verifiedInstall === null) return context.skip('no verified install');
         // In a PID namespace on a host the network namespace is the host's: never touch it.
         if (!earlyMounts) return namespaceSkip(context);
         const tools = { native, waitForExit: (pid: number) => supervisor.waitForExit(pid), scratchDir: stateDir, sleep };
-        networks = await runNetworkPhase(verifiedInstall.install.targets, {
-          runTool: (argv, input) => runTool(tools, `/usr/sbin/${argv[0]}`, argv, NETWORK_TOOL_TIMEOUT_MS, input),
-          writeSysctl: (file, value) => writeFileSync(file, value),
+        const fx = {
+          runTool: (argv: string[], input: string | null) => runTool(tools, `/usr/sbin/${argv[0]}`, argv, NETWORK_TOOL_TIMEOUT_MS, input),
+          writeSysctl: (file: string, value: string) => writeFileSync(file, value),
           say,
-          log: (fields, message) => log.info(fields, message),
-        });
+          log: (fields: object, message: string) => log.info(fields, message),
+        };
+        const links = await runMachineLinks(cmdline.uplink, fx);
+        if (verifiedInstall === null) return context.note(`${links}; no verified install`);
+        networks = await runNetworkPhase(verifiedInstall.install.targets, fx);
         if (networks.failures.size > 0 && networks.plan === null) throw new PhaseFailure(networks.note, networks.note);
         context.note(networks.note);
       },

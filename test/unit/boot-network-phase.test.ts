@@ -5,7 +5,7 @@
  * torn down.
  */
 import { describe, expect, it } from 'vitest';
-import { runNetworkPhase, type NetworkPhaseEffects } from '../../init/boot/network-phase.ts';
+import { planMachineLinks, runMachineLinks, runNetworkPhase, type NetworkPhaseEffects } from '../../init/boot/network-phase.ts';
 import type { InstallTarget } from '../../init/trust/formats.ts';
 import type { ToolRun } from '../../init/boot/run-tool.ts';
 
@@ -73,5 +73,20 @@ describe('networks phase', () => {
     const none = effects();
     expect((await runNetworkPhase([target('tools', { type: 'host' })], none.fx)).note).toBe('no simple networks');
     expect(none.runs).toEqual([]);
+  });
+});
+
+describe('machine links', () => {
+  it('loopback always; the uplink from mos.uplink= with its address and default route', async () => {
+    expect(planMachineLinks(null).map((c) => c.argv.join(' '))).toEqual(['ip link set lo up']);
+    expect(planMachineLinks({ device: 'eth0', address: '10.0.2.15/24', gateway: '10.0.2.2' }).map((c) => c.argv.join(' '))).toEqual([
+      'ip link set lo up',
+      'ip link set eth0 up',
+      'ip addr add 10.0.2.15/24 dev eth0',
+      'ip route add default via 10.0.2.2 dev eth0',
+    ]);
+    const { fx, lines } = effects((argv) => argv.includes('eth9'));
+    expect(await runMachineLinks({ device: 'eth9', address: '10.0.2.15/24', gateway: null }, fx)).toMatch(/^machine links failed: ip link set eth9 up exited with 2/);
+    expect(lines).toEqual([expect.stringMatching(/^mos: networks: machine links: ip link set eth9 up exited with 2/)]);
   });
 });

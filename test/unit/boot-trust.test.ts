@@ -1,4 +1,4 @@
-import { parseCmdline, readMosCmdline } from '../../init/boot/cmdline.ts';
+import { parseCmdline, parseUplink, readMosCmdline } from '../../init/boot/cmdline.ts';
 /**
  * The trust phase's decisions (init/trust/boot-trust.ts): every path from the command line's
  * trust keys, the embedded CA and the outcomes of the TPM, the store and the verifier to the
@@ -280,5 +280,18 @@ describe('PhaseFailure', () => {
     );
     expect(result.emergency).toEqual({ phase: 'trust', reason: 'trust: E_CERT_UNTRUSTED: nope' });
     expect(result.records.map((r) => `${r.name}:${r.status}:${r.detail}`)).toEqual(['trust:failed:E_CERT_UNTRUSTED: nope', 'supervise:not-run:null']);
+  });
+});
+
+describe('mos.uplink', () => {
+  it('reads interface, address/prefix and an optional gateway; anything else is named and ignored', () => {
+    expect(parseUplink('eth0,10.0.2.15/24,10.0.2.2')).toEqual({ device: 'eth0', address: '10.0.2.15/24', gateway: '10.0.2.2' });
+    expect(parseUplink('eth0,192.168.1.5/24')).toEqual({ device: 'eth0', address: '192.168.1.5/24', gateway: null });
+    expect(parseUplink('eth0,10.0.2.15')).toMatch(/is not an IPv4 address\/prefix/);
+    expect(parseUplink('eth0,10.0.2.15/24,gw')).toMatch(/gateway "gw" is not an IPv4 address/);
+    expect(parseUplink('a-very-long-interface-name,10.0.2.15/24')).toMatch(/is not one/);
+    const cmdline = readMosCmdline(parseCmdline('mos.uplink=eth0,300.0.0.1/24'));
+    expect(cmdline.uplink).toBeNull();
+    expect(cmdline.invalid).toEqual([{ key: 'mos.uplink', reason: 'address "300.0.0.1/24" is not an IPv4 address/prefix such as 10.0.2.15/24' }]);
   });
 });
