@@ -12,6 +12,7 @@ import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from './log/logger.ts';
 import type { Native } from '../native/types.ts';
+import { refuseExecInHostMode } from './control/exec-target.ts';
 import { startControlServer } from './control/server.ts';
 import { ServiceLogStore, logPipe } from './log/service-log-store.ts';
 import { removeStaleSocket } from './stale-socket.ts';
@@ -77,6 +78,8 @@ export async function runHostMode(options: HostModeOptions): Promise<HostModeHan
     api: supervisor,
     sockets: native,
     peerCredentials: (fd) => native.peerCredentials(fd),
+    // `mosctl exec` enters containers; host mode runs none (E_NOT_CONTAINER, naming unknown names).
+    execTarget: refuseExecInHostMode((name) => supervisor.status(name)),
     logger: { info: (message) => logger.info({}, message), warn: (message) => logger.warn({}, message) },
   });
   logger.info({ stateDir, services: specs.length }, 'mos host mode ready');

@@ -8,6 +8,7 @@ import type { LogLine } from '../init/log/types.ts';
 import type { ServiceStatus } from '../init/supervisor/types.ts';
 import { parsePcrList } from '../init/boot/cmdline.ts';
 import { ControlClient } from './client.ts';
+import { exitStatusOf, parseExecTarget, planMosctlExec, runInherited, terminalEnv, type CommandRunner } from './exec.ts';
 import {
   renderInfo,
   renderProvision,
@@ -25,6 +26,10 @@ export interface CliIo {
   err(text: string): void;
   /** Whether `out` is a terminal, which turns colors on. */
   isTTY: boolean;
+  /** Whether stdin is a terminal (`exec` then gives the command one); default process.stdin's. */
+  stdinIsTTY?: boolean;
+  /** Runs `exec`'s crun command with mosctl's stdio; default `runInherited`. */
+  runCommand?: CommandRunner;
 }
 
 export const DEFAULT_SOCKET = '/run/mos/control.sock';
@@ -56,7 +61,7 @@ export async function main(argv: string[], io: CliIo = processIo()): Promise<num
   let exitCode: number = ExitCode.Ok;
   const program = buildProgram(io, (code) => {
     exitCode = code;
-  });
+  }, argv);
   try {
     await program.parseAsync(argv);
     return exitCode;
@@ -90,10 +95,12 @@ function processIo(): CliIo {
     out: (text) => process.stdout.write(text),
     err: (text) => process.stderr.write(text),
     isTTY: process.stdout.isTTY === true,
+    stdinIsTTY: process.stdin.isTTY === true,
+    runCommand: runInherited,
   };
 }
 
-function buildProgram(io: CliIo, setExitCode: (code: number) => void): Command {
+function buildProgram(io: CliIo, setExitCode: (code: number) => void, rawArgv: readonly string[]): Command {
   const program = new Command('mosctl')
     .description('control a running mos')
     .addOption(
@@ -113,10 +120,10 @@ function buildProgram(io: CliIo, setExitCode: (code: number) => void): Command {
   const renderOptions: RenderOptions = { color: io.isTTY && !process.env.NO_COLOR };
   const print = (text: string) => io.out(`${text}\n`);
   const printJson = (value: unknown) => print(JSON.stringify(value));
-  const withClient = async (run: (client: ControlClient) => Promise<void>) => {
+  const withClient = async <T>(run: (client: ControlClient) => Promise<T>): Promise<T> => {
     const client = await ControlClient.connect(globals().socket);
     try {
-      await run(client);
+      return await run(client);
     } finally {
       client.close();
     }
@@ -223,6 +230,47 @@ function buildProgram(io: CliIo, setExitCode: (code: number) => void): Command {
       );
   }
 
+  const exec = program
+    .command('exec')
+    .description("run a command inside a running container service's namespaces and exit with its status (root only)")
+    .usage('[options] <service> -- <command> [args...]')
+    .argument('<service>', 'service name', parseServiceName)
+    .argument('<command...>', 'the command and its arguments, after --')
+    .option('-t, --tty', 'give the command a terminal (default: when stdin and stdout are terminals)')
+    .option('-T, --no-tty', 'never give the command a terminal')
+    .option('-e, --env <KEY=VALUE>', "add a variable to the service's environment (repeatable)", collectEnv)
+    .option('-w, --workdir <dir>', "start in this directory of the container (default: the service's cwd)")
+    .option('-u, --user <uid:gid>', "run as these container ids (default: the service's user)", parseUser)
+    .addHelpText(
+      'after',
+      '\nThe command runs through crun on this machine, with this terminal or these pipes as its stdio.\n' +
+        "mosctl exits with the command's status: 128+n when it was killed by signal n, 255 when it\n" +
+        "was not found in the container; mosctl's own failures use the exit codes of other commands.",
+    )
+    .action(async (service: string, argv: string[], options: { tty?: boolean; env?: Record<string, string>; workdir?: string; user?: { uid: number; gid: number } }) => {
+      // Options of mosctl stop at `--`: without it, `exec web ls -l` would take -l for mosctl's.
+      const separator = rawArgv.indexOf('--');
+      if (separator === -1 || rawArgv.length - separator - 1 !== argv.length) {
+        exec.error(`put -- between the service and the command: mosctl exec ${service} -- ${argv.join(' ')}`, { exitCode: ExitCode.Usage });
+      }
+      const stdinIsTTY = io.stdinIsTTY ?? process.stdin.isTTY === true;
+      if (options.tty === true && !stdinIsTTY) exec.error('--tty needs a terminal on stdin', { exitCode: ExitCode.Usage });
+      // The control connection is closed before the command runs: a long session holds nothing in mos.
+      const target = parseExecTarget(await withClient((client) => client.request({ cmd: 'exec-target', service })));
+      const tty = options.tty ?? (stdinIsTTY && io.isTTY);
+      const added = options.env ?? {};
+      const command = planMosctlExec(target, {
+        argv,
+        env: { ...terminalEnv(target, { env: added, tty }, process.env.TERM), ...added },
+        // crun 1.8's exec runs as 0:0 in / whatever config.json says: the service's are passed.
+        cwd: options.workdir ?? target.cwd,
+        user: options.user ?? target.user,
+        tty,
+      });
+      const exit = await (io.runCommand ?? runInherited)(command);
+      setExitCode(exitStatusOf(exit));
+    });
+
   program
     .command('provision')
     .description("write the manifest CA into the TPM's trust-root NV index (default: the CA the image embeds)")
@@ -251,6 +299,20 @@ function buildProgram(io: CliIo, setExitCode: (code: number) => void): Command {
     });
 
   return program;
+}
+
+function collectEnv(value: string, previous: Record<string, string> = {}): Record<string, string> {
+  const eq = value.indexOf('=');
+  if (eq <= 0) throw new InvalidArgumentError('expected KEY=VALUE');
+  return { ...previous, [value.slice(0, eq)]: value.slice(eq + 1) };
+}
+
+function parseUser(value: string): { uid: number; gid: number } {
+  const match = /^(\d{1,10}):(\d{1,10})$/.exec(value);
+  const uid = Number(match?.[1]);
+  const gid = Number(match?.[2]);
+  if (!match || uid > 2 ** 32 - 2 || gid > 2 ** 32 - 2) throw new InvalidArgumentError('expected numeric container ids UID:GID');
+  return { uid, gid };
 }
 
 function parsePcrs(value: string): number[] {

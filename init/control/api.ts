@@ -2,6 +2,7 @@ import type { BootTimeline } from '../boot/timeline.ts';
 import type { TrustState } from '../trust/boot-trust.ts';
 import type { LogLine } from '../log/types.ts';
 import type { ServiceStatus } from '../supervisor/types.ts';
+import type { CrunCgroupManager } from '../../services/crun.ts';
 
 /** What `poweroff`, `reboot` and `halt` ask PID 1 to do. */
 export type ShutdownAction = 'halt' | 'poweroff' | 'reboot';
@@ -50,6 +51,48 @@ export interface ProvisionReport {
   steps: string[];
   reason: string;
 }
+
+/**
+ * How to run a command inside a running container service (`mosctl exec`): the answer to
+ * `exec-target`. mosctl runs `crun --root=<crunRoot> --cgroup-manager=<cgroupManager> exec …
+ * <containerId> CMD…` itself (services/crun.ts `planCrunExec`), on the same machine, with its own
+ * stdio, so the command's output and exit status never pass through PID 1.
+ */
+export interface ExecTarget {
+  service: string;
+  /** crun's container id (`crunContainerId(service)`, `mos-<service>`). */
+  containerId: string;
+  /** The crun binary that runs the container (absolute). */
+  crunPath: string;
+  /** crun's `--root`: the state directory the container was created in. */
+  crunRoot: string;
+  /** The cgroup manager the container was created with; exec must use the same. */
+  cgroupManager: CrunCgroupManager;
+  /**
+   * config.json's `process.env` (`KEY=VALUE`). crun's `exec --env` replaces the whole environment,
+   * so a client adding variables must pass these merged with its own (docs/crun.md §5).
+   */
+  env: string[];
+  /**
+   * config.json's `process.cwd`: where the command starts unless the operator says otherwise.
+   * The client passes it (`crun exec --cwd`): crun 1.8's exec itself starts in `/`.
+   */
+  cwd: string;
+  /**
+   * config.json's `process.user`, in the container's ids: who the command runs as unless the
+   * operator says otherwise. The client passes it (`--user`): crun 1.8's exec itself runs as 0:0.
+   */
+  user: { uid: number; gid: number };
+}
+
+/**
+ * Where the control socket gets exec targets from (PID 1: the supervisor's container services).
+ * Returns the target of a service whose container runs, or throws a `ControlError`:
+ * `E_UNKNOWN_SERVICE`, `E_NOT_RUNNING` (no running process), `E_NOT_CONTAINER` (a plain host
+ * process: there are no namespaces to enter). init/control/exec-target.ts builds one from what
+ * the supervisor knows.
+ */
+export type ExecTargetProvider = (service: string) => ExecTarget | Promise<ExecTarget>;
 
 /** An error the control API reports with a stable code, e.g. `E_UNKNOWN_SERVICE`. */
 export class ControlError extends Error {

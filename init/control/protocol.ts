@@ -7,7 +7,7 @@
  * closes. Errors about the connection itself (a refused peer, an unreadable line) carry `id: 0`.
  */
 import * as v from 'valibot';
-import { ControlError, type ProvisionReport, type ShutdownAccepted, type SupervisorInfo } from './api.ts';
+import { ControlError, type ExecTarget, type ProvisionReport, type ShutdownAccepted, type SupervisorInfo } from './api.ts';
 import type { BootTimeline } from '../boot/timeline.ts';
 import type { LogLine } from '../log/types.ts';
 import type { ServiceStatus } from '../supervisor/types.ts';
@@ -34,9 +34,13 @@ export const ErrorCode = {
   ShuttingDown: 'E_SHUTTING_DOWN',
   /** Client side only: no connection to mos, or it was lost. */
   Unreachable: 'E_UNREACHABLE',
+  /** `exec-target`: the service has no running process (stopped, failed, in backoff, …). */
+  NotRunning: 'E_NOT_RUNNING',
+  /** `exec-target`: the service is a plain host process, with no container namespaces to enter. */
+  NotContainer: 'E_NOT_CONTAINER',
 } as const;
 
-export const COMMANDS = ['info', 'list', 'status', 'logs', 'start', 'stop', 'restart', 'analyze', 'poweroff', 'reboot', 'halt', 'provision'] as const;
+export const COMMANDS = ['info', 'list', 'status', 'logs', 'start', 'stop', 'restart', 'analyze', 'poweroff', 'reboot', 'halt', 'provision', 'exec-target'] as const;
 
 /** Commands that change nothing: what a read-only peer (the virtio-serial port by default) may send. */
 export const READ_ONLY_COMMANDS: ReadonlySet<CommandName> = new Set(['info', 'list', 'status', 'logs', 'analyze']);
@@ -122,6 +126,16 @@ export const ProvisionRequestSchema = v.strictObject({
   reset: v.optional(v.boolean('expected true or false')),
 });
 
+/**
+ * `mosctl exec`'s question: how to enter a running container service (`ExecTarget`). Root only,
+ * and only on mos's own unix socket (the answer is for a crun on the same machine).
+ */
+export const ExecTargetRequestSchema = v.strictObject({
+  ...envelope,
+  cmd: v.literal('exec-target'),
+  service: ServiceNameSchema,
+});
+
 export const RequestSchema = v.variant(
   'cmd',
   [
@@ -133,6 +147,7 @@ export const RequestSchema = v.variant(
     AnalyzeRequestSchema,
     ShutdownRequestSchema,
     ProvisionRequestSchema,
+    ExecTargetRequestSchema,
   ],
   `expected one of ${COMMANDS.join('|')}`,
 );
@@ -159,6 +174,7 @@ export interface CommandResults {
   reboot: ShutdownAccepted;
   halt: ShutdownAccepted;
   provision: ProvisionReport;
+  'exec-target': ExecTarget;
 }
 export type ResultOf<C extends ControlCommand> = CommandResults[C['cmd']];
 
@@ -206,6 +222,23 @@ export const ServerMessageSchema = v.union([
     }),
   }),
 ]);
+
+const ExecIdSchema = v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(2 ** 32 - 2));
+
+/**
+ * What mosctl accepts as an `exec-target` result before it runs anything with it. The paths and
+ * the id are checked again, and more strictly, by `planCrunExec`.
+ */
+export const ExecTargetSchema = v.object({
+  service: ServiceNameSchema,
+  containerId: v.string(),
+  crunPath: v.string(),
+  crunRoot: v.string(),
+  cgroupManager: v.picklist(['disabled', 'cgroupfs']),
+  env: v.array(v.string()),
+  cwd: v.string(),
+  user: v.object({ uid: ExecIdSchema, gid: ExecIdSchema }),
+});
 
 /** An `E_BAD_REQUEST` that remembers the request's id when the line got far enough to have one. */
 export class BadRequestError extends ControlError {

@@ -9,7 +9,7 @@ import { chmodSync, lstatSync, mkdirSync, renameSync, rmSync, unlinkSync } from 
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { dirname } from 'node:path';
-import { ControlError, type SupervisorApi } from './api.ts';
+import { ControlError, type ExecTargetProvider, type SupervisorApi } from './api.ts';
 import {
   BadRequestError,
   CONNECTION_ERROR_ID,
@@ -51,6 +51,12 @@ export interface ControlServerOptions {
   peerCredentials: (fd: number) => Credentials;
   /** Peers allowed to connect; default root and the uid mos runs as. */
   allowedUids?: number[];
+  /**
+   * Answers `exec-target` (`mosctl exec`), for root peers of this socket only. Without it the
+   * request answers `E_UNSUPPORTED`. Never offered over `serveControlStream`: the answer is for a
+   * crun on mos's own machine, and a stream's peer (a VM's host) is elsewhere.
+   */
+  execTarget?: ExecTargetProvider;
   logger?: ControlServerLogger;
 }
 
@@ -102,13 +108,14 @@ export async function startControlServer(options: ControlServerOptions): Promise
   const connections = new Set<net.Socket>();
   const accept = (fd: number) => {
     // Checked on the raw fd, before Node wraps it: a refused peer gets one answer and nothing else.
-    const refusal = refusalOf(fd, options.peerCredentials, allowedUids);
+    const { refusal, uid } = admit(fd, options.peerCredentials, allowedUids);
     // Half-open: a client may send its requests and shut its side; it still gets every answer.
     const socket = new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: true });
     connections.add(socket);
     socket.once('close', () => connections.delete(socket));
     if (refusal === null) {
-      new ControlConnection(socket, options.api, logger).serve();
+      const local: LocalPeer = { uid, execTarget: options.execTarget };
+      new ControlConnection(socket, options.api, logger, 'root', undefined, local).serve();
     } else {
       refuse(socket, refusal, logger);
     }
@@ -232,15 +239,21 @@ function listenRootOnly(sockets: ControlSockets, socketPath: string): number {
   return fd;
 }
 
-/** Why a peer may not use the socket (SO_PEERCRED's uid), or null when it may. */
-function refusalOf(fd: number, peerCredentials: (fd: number) => Credentials, allowedUids: ReadonlySet<number>): string | null {
+/** Why a peer may not use the socket (SO_PEERCRED's uid), or null when it may; and its uid. */
+function admit(fd: number, peerCredentials: (fd: number) => Credentials, allowedUids: ReadonlySet<number>): { refusal: string | null; uid: number } {
   try {
     const peer = peerCredentials(fd);
-    if (allowedUids.has(peer.uid)) return null;
-    return `permission denied: the control socket is root-only (peer uid ${peer.uid})`;
+    if (allowedUids.has(peer.uid)) return { refusal: null, uid: peer.uid };
+    return { refusal: `permission denied: the control socket is root-only (peer uid ${peer.uid})`, uid: peer.uid };
   } catch (error) {
-    return `permission denied: cannot read the peer's credentials (${errorMessage(error)})`;
+    return { refusal: `permission denied: cannot read the peer's credentials (${errorMessage(error)})`, uid: -1 };
   }
+}
+
+/** A peer on mos's own unix socket: its uid (SO_PEERCRED) and what only such a peer may ask. */
+interface LocalPeer {
+  uid: number;
+  execTarget: ExecTargetProvider | undefined;
 }
 
 /** A refused peer gets one `E_PERMISSION` response and is disconnected. */
@@ -277,6 +290,8 @@ class ControlConnection {
     private readonly logger: ControlServerLogger | undefined,
     private readonly access: ControlAccess = 'root',
     private readonly accessHint?: string,
+    /** Set for connections on mos's own unix socket; null for streams (a virtio-serial port). */
+    private readonly local: LocalPeer | null = null,
   ) {}
 
   serve(): void {
@@ -331,11 +346,27 @@ class ControlConnection {
       if (request.cmd === 'logs' && request.follow) {
         this.follow(request);
       } else {
-        this.send({ v: PROTOCOL_VERSION, id: request.id, ok: true, result: await execute(this.api, request) });
+        const result = request.cmd === 'exec-target' ? await this.execTarget(request.service) : await execute(this.api, request);
+        this.send({ v: PROTOCOL_VERSION, id: request.id, ok: true, result });
       }
     } catch (error) {
       this.sendError(request.id, this.asControlError(request, error));
     }
+  }
+
+  /**
+   * `exec-target`: root peers of mos's own socket only. The answer lets the peer run crun in a
+   * container's namespaces and carries the container's environment (secrets, often), so it needs
+   * root even where the socket also admits mos's own non-root uid (host mode), and it is refused
+   * over a stream, whose peer is not on this machine.
+   */
+  private execTarget(service: string): ReturnType<ExecTargetProvider> {
+    if (this.local === null) {
+      throw new ControlError(ErrorCode.Unsupported, "exec-target is served only on mos's own control socket: the command runs on mos's machine, with crun there");
+    }
+    if (this.local.uid !== 0) throw new ControlError(ErrorCode.Permission, `permission denied: exec needs root (peer uid ${this.local.uid})`);
+    if (!this.local.execTarget) throw new ControlError(ErrorCode.Unsupported, `exec is not available: this mos (${this.api.info().mode} mode) runs no containers`);
+    return this.local.execTarget(service);
   }
 
   private follow(request: LogsRequest): void {
@@ -396,6 +427,9 @@ async function execute(api: SupervisorApi, request: ControlRequest): Promise<unk
         throw new ControlError(ErrorCode.Unsupported, `${request.cmd} needs mos to be PID 1 (this is ${api.info().mode} mode)`);
       }
       return api.requestShutdown(request.cmd);
+    case 'exec-target':
+      // Answered by the connection (ControlConnection.execTarget): it depends on the peer.
+      throw new ControlError(ErrorCode.Internal, 'exec-target reached the shared command table');
     case 'provision':
       if (!api.provision) {
         throw new ControlError(ErrorCode.Unsupported, `provision needs mos to be PID 1 (this is ${api.info().mode} mode)`);
