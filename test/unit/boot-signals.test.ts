@@ -62,6 +62,7 @@ describe('the kernel command line', () => {
       product: null,
       tpm: 'device:/dev/tpmrm0',
       trustPcrs: [7, 11],
+      uplink: null,
       invalid: [],
     });
     expect(readMosCmdline(parseCmdline('mos.debug_control=0'))).toMatchObject({ debugControl: false, config: null, modules: [], testCrash: null });
