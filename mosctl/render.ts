@@ -105,10 +105,8 @@ export function renderList(statuses: ServiceStatus[], now: number, options: Rend
         return column === 1 ? paint(padded, tone, options) : padded;
       })
       .join('  ');
-  return [
-    format(header, 'quiet'),
-    ...rows.map((cells, index) => format(cells, STATE_TONE[statuses[index]!.state])),
-  ].join('\n');
+  const warnings = statuses.flatMap((status) => (status.warnings ?? []).map((warning) => `${paint('!', 'bad', options)} ${status.name}: ${warning}`));
+  return [format(header, 'quiet'), ...rows.map((cells, index) => format(cells, STATE_TONE[statuses[index]!.state])), ...warnings].join('\n');
 }
 
 /** `HH:MM:SS stdout text` */
@@ -162,6 +160,7 @@ export function renderStatus(
   if (status.statusText !== null) facts.push(['Status', JSON.stringify(status.statusText)]);
   const reason = describeReason(status);
   if (reason !== null) facts.push(['Reason', paint(reason, tone === 'bad' ? 'bad' : 'quiet', options)]);
+  for (const warning of status.warnings ?? []) facts.push(['Warning', paint(warning, 'bad', options)]);
 
   const labelWidth = Math.max(...facts.map(([label]) => label.length));
   const text = [

@@ -71,7 +71,8 @@ export function prepareContainers(storage: StoragePhaseResult, context: Containe
       return fail(`writing its bundle ${planned.bundleDir}: ${(error as Error).message}`);
     }
     const { root: _root, uid: _uid, gid: _gid, ...rest } = spec;
-    return { ...rest, argv: planned.argv, env: {}, cwd: '/', container: planned.run };
+    const warnings = range === null ? [`nsgroup ${JSON.stringify(target.nsgroup)}: runs with the host's user ids (no user namespace): its root is the machine's root`] : [];
+    return { ...rest, argv: planned.argv, env: {}, cwd: '/', container: planned.run, ...(warnings.length > 0 ? { warnings } : {}) };
   });
 }
 

@@ -92,6 +92,7 @@ export function initialRuntime(spec: ServiceSpec, wallNow: number): ServiceRunti
     statusText: null,
     nextStartAt: null,
     watchdogMs: spec.watchdogMs,
+    warnings: spec.warnings ?? [],
     recentStarts: [],
     stopCause: null,
     killedAtDeadline: false,

@@ -60,6 +60,8 @@ export interface ServiceSpec {
    * process, environment and notify socket are in the bundle's config.json.
    */
   container?: ContainerRun;
+  /** Facts an operator should know about how the service runs (`mosctl status` shows them). */
+  warnings?: string[];
   /**
    * Set when the service cannot run at all (its image failed verification or activation):
    * every start ends in `failed` with this code and message, and nothing is spawned.
@@ -131,4 +133,6 @@ export interface ServiceStatus {
   /** Wall-clock ms of the next start when in backoff. */
   nextStartAt: number | null;
   watchdogMs: number;
+  /** The spec's warnings, e.g. a container running with the host's ids (nsgroup none). */
+  warnings: string[];
 }

@@ -88,6 +88,9 @@ describe('renderList', () => {
 
   it('shows only the header when there are no services', () => {
     expect(renderList([], NOW)).toBe('NAME  STATE  PID  UPTIME  RESTARTS  LAST-EXIT');
+    const hostIds = makeStatus({ name: 'tools', state: 'running', pid: 7, warnings: ['nsgroup "none": runs with the host\'s user ids'] });
+    expect(renderList([hostIds], NOW).split('\n').at(-1)).toBe('! tools: nsgroup "none": runs with the host\'s user ids');
+    expect(renderStatus(hostIds, [], NOW)).toMatch(/Warning: nsgroup "none": runs with the host's user ids/);
   });
 });
 

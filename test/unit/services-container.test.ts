@@ -101,6 +101,9 @@ describe('prepareContainers', () => {
     expect(JSON.parse(written.get('/run/mos/bundles/tools/config.json')!).linux.uidMappings).toBeUndefined();
     expect(specs[0]).toMatchObject({ name: 'web', argv: expect.arrayContaining(['run', 'mos-web']), container: { id: 'mos-web' }, env: {}, cwd: '/' });
     expect(specs[0]!.root).toBeUndefined();
+    // nsgroup none: no user namespace, said in mosctl status.
+    expect(specs[0]!.warnings).toBeUndefined();
+    expect(specs[1]!.warnings).toEqual(['nsgroup "none": runs with the host\'s user ids (no user namespace): its root is the machine\'s root']);
   });
 
   it('a named nsgroup without a range makes its service unavailable with the nsgroup\'s code', () => {
