@@ -51,6 +51,8 @@ export function targetService(plan: TargetPlan): ServiceSpec | { code: 'E_IMAGE_
             env: process.env,
             cwd: process.cwd,
             ...(process.uid === undefined ? {} : { uid: process.uid, gid: process.gid }),
+            ...(process.readiness === undefined ? {} : { readiness: process.readiness }),
+            ...(process.watchdog === undefined ? {} : { watchdog: process.watchdog }),
           },
         ],
       },

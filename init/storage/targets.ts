@@ -43,7 +43,15 @@ export interface ImageProcess {
   cwd: string;
   uid?: number;
   gid?: number;
+  /** Label `org.mos.readiness`: `notify` when the service says READY=1 on $NOTIFY_SOCKET. */
+  readiness?: string;
+  /** Label `org.mos.watchdog`: the sd_notify watchdog interval (`10s`), with readiness notify. */
+  watchdog?: string;
 }
+
+/** Image config labels that say how mos supervises the image's process (docs/service-images.md). */
+export const READINESS_LABEL = 'org.mos.readiness';
+export const WATCHDOG_LABEL = 'org.mos.watchdog';
 
 export interface TargetPlan {
   name: string;
@@ -91,6 +99,7 @@ const ImageConfigSchema = v.object({
         Env: v.optional(v.nullable(v.array(v.string()))),
         WorkingDir: v.optional(v.nullable(v.string())),
         User: v.optional(v.nullable(v.string())),
+        Labels: v.optional(v.nullable(v.record(v.string(), v.string()))),
       }),
     ),
   ),
@@ -123,6 +132,10 @@ export function planImageProcess(configBytes: Buffer): { ok: true; process: Imag
   const cwd = config.WorkingDir && config.WorkingDir !== '' ? config.WorkingDir : '/';
   if (!path.isAbsolute(cwd) || cwd.includes('\0')) return { ok: false, message: `image config WorkingDir must be an absolute path: ${JSON.stringify(cwd)}` };
   const process: ImageProcess = { argv, env, cwd };
+  const labels = config.Labels ?? {};
+  // Checked where every service's are (supervisor/spec.ts), when the target becomes a service.
+  if (labels[READINESS_LABEL] !== undefined) process.readiness = labels[READINESS_LABEL];
+  if (labels[WATCHDOG_LABEL] !== undefined) process.watchdog = labels[WATCHDOG_LABEL];
   const user = config.User ?? '';
   if (user !== '') {
     // Names need the image's /etc/passwd, read inside the container (issue 6); ids work now.

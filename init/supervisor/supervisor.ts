@@ -5,7 +5,7 @@
  * the `Native` port, feeds process exits (from the one reaper), readiness and watchdog pings back
  * in as events, and orders starts and stops by dependency. Time comes from an injected clock.
  */
-import { accessSync, closeSync, constants as fsConstants, openSync, readFileSync, readSync, rmSync, statSync } from 'node:fs';
+import { accessSync, chmodSync, closeSync, constants as fsConstants, openSync, readFileSync, readSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { constants as osConstants } from 'node:os';
 import type { ChildExit, Native, NativeError, Respawn } from '../../native/types.ts';
@@ -265,6 +265,16 @@ export class Supervisor implements SupervisorApi {
     const path = this.options.notifySocketPath;
     if (!path || this.notifyFd !== null) return;
     this.notifyFd = this.native.bindCredDatagramSocket(path);
+    // Writable by every uid: services that drop to another user, and containers whose root is a
+    // mapped id, must be able to send. Who sent what is the kernel's SCM_CREDENTIALS, never trusted
+    // from the message: a process that is no service's is ignored.
+    if (!path.startsWith('@')) {
+      try {
+        chmodSync(path, 0o666);
+      } catch (error) {
+        this.logger.warn({ err: error, path }, 'the notify socket stays writable by root only');
+      }
+    }
     const fd = this.notifyFd;
     this.notifyWatch = this.native.watchReadable(fd, () => this.readNotifications(fd));
   }

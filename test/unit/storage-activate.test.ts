@@ -6,7 +6,7 @@
 import { describe, expect, it } from 'vitest';
 import { FakeNative } from '../../native/fake.ts';
 import { activateTarget, deactivateTarget, type ActivationEffects } from '../../init/storage/activate.ts';
-import { corruptionAfterRun, releaseTargets, runStoragePhase } from '../../init/storage/storage-phase.ts';
+import { corruptionAfterRun, releaseTargets, runStoragePhase, targetService } from '../../init/storage/storage-phase.ts';
 import { planImageProcess, planTarget, type StorageDirs, type TargetPlan } from '../../init/storage/targets.ts';
 import { VERITY_ROOT_HASH_ANNOTATION } from '../../init/storage/verity.ts';
 import type { InstallTarget } from '../../init/trust/formats.ts';
@@ -156,6 +156,13 @@ describe('target plans', () => {
       process: { argv: ['/app'], env: {}, cwd: '/', uid: 1000, gid: 100 },
     });
     expect(planImageProcess(Buffer.from(JSON.stringify({ config: { Cmd: ['/app'], User: '33' } })))).toMatchObject({ ok: true, process: { uid: 33, gid: 33 } });
+    // How mos supervises it: the labels, checked like a service file's fields.
+    const labelled = planImageProcess(Buffer.from(JSON.stringify({ config: { Cmd: ['/app'], Labels: { 'org.mos.readiness': 'notify', 'org.mos.watchdog': '5s', other: 'x' } } })));
+    expect(labelled).toMatchObject({ ok: true, process: { readiness: 'notify', watchdog: '5s' } });
+    const plan = planFor(makeVerityImage({ dataBlocks: 2 }));
+    const service = targetService({ ...plan, process: { argv: ['/app'], env: {}, cwd: '/', readiness: 'notify', watchdog: '5s' } });
+    expect(service).toMatchObject({ readiness: { type: 'notify' }, watchdogMs: 5000 });
+    expect(targetService({ ...plan, process: { argv: ['/app'], env: {}, cwd: '/', readiness: 'sometimes' } })).toMatchObject({ code: 'E_IMAGE_CONFIG' });
     const refusals: [unknown, RegExp][] = [
       ['not json', /not JSON/],
       [{ config: {} }, /neither Entrypoint nor Cmd/],
