@@ -127,7 +127,7 @@ describe.skipIf(unavailable !== null)(`trust phase in a PID namespace${unavailab
     expect(mos.consoleLines.some((l) => l.startsWith('mos: services ready'))).toBe(false);
     expect(mos.consoleLines).toContain(`mos: phase trust failed [fatal]: ${reason.slice('trust: '.length)}`);
     const timeline = await mos.request<BootTimeline>({ cmd: 'analyze' });
-    expect(timeline.phases.map((p) => `${p.name}:${p.status}`).slice(-3)).toEqual(['trust:failed', 'storage:not-run', 'supervise:not-run']);
+    expect(timeline.phases.map((p) => `${p.name}:${p.status}`).slice(-5)).toEqual(['trust:failed', 'nsgroups:not-run', 'networks:not-run', 'storage:not-run', 'supervise:not-run']);
     const status = await mos.mosctl('status');
     expect(status.stdout).toContain(`health: emergency — ${reason}`);
     expect(status.stdout).toContain(`trust: failed: ${code}: `);
