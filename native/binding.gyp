@@ -9,6 +9,7 @@
         "src/block.cc",
         "src/boot.cc",
         "src/errors.cc",
+        "src/idmap.cc",
         "src/mount.cc",
         "src/poll.cc",
         "src/reap.cc",

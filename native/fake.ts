@@ -13,6 +13,7 @@ import type {
   DmCreateOptions,
   DmDevice,
   DmTableLine,
+  IdmappedBindOptions,
   LoadModuleOptions,
   LoopAttachOptions,
   LoopDevice,
@@ -353,6 +354,43 @@ export class FakeNative implements Native {
   async dmRemove(name: string): Promise<void> {
     if (this.busyDm.has(name)) throw createNativeError('DM_DEV_REMOVE', 'EBUSY', name);
     this.dmDevices.delete(name);
+  }
+
+  /** Every idmappedBind call that passed the argument checks, in order (also the failed ones). */
+  readonly idmappedBinds: IdmappedBindOptions[] = [];
+  /**
+   * Makes the next idmappedBind reject at `step` with this errno name, as the addon does
+   * (`mount_setattr EINVAL <source>`: the filesystem cannot be idmapped by this kernel).
+   */
+  failNextIdmappedBind?: { step: 'open_tree' | 'clone' | 'mount_setattr' | 'move_mount'; code: string };
+
+  idmappedBind(options: IdmappedBindOptions): Promise<void> {
+    // The addon's argument checks: TypeErrors thrown at the call, not rejections.
+    for (const key of ['source', 'target'] as const) {
+      if (typeof options[key] !== 'string') throw new TypeError(`options.${key} must be a string`);
+      if (options[key] === '') throw new TypeError(`options.${key} must not be empty`);
+    }
+    const limit = 4294967295;
+    const integer = (key: 'hostId' | 'size', min: number, max: number) => {
+      const value = options[key];
+      if (typeof value !== 'number') throw new TypeError(`options.${key} must be a number`);
+      if (!Number.isInteger(value) || value < min || value > max) {
+        throw new TypeError(`options.${key} must be an integer in [${min}, ${max}]`);
+      }
+    };
+    integer('hostId', 0, limit - 1);
+    integer('size', 1, limit);
+    if (options.hostId + options.size > limit) {
+      throw new TypeError(`options.hostId + options.size must not exceed ${limit}`);
+    }
+    if (typeof options.readOnly !== 'boolean') throw new TypeError('options.readOnly must be a boolean');
+    this.idmappedBinds.push({ ...options });
+    const failure = this.failNextIdmappedBind;
+    this.failNextIdmappedBind = undefined;
+    if (failure === undefined) return Promise.resolve();
+    const subject =
+      failure.step === 'move_mount' ? options.target : failure.step === 'clone' ? undefined : options.source;
+    return Promise.reject(createNativeError(failure.step, failure.code, subject));
   }
 
   async umount(target: string, flags: number): Promise<void> {

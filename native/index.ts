@@ -53,6 +53,7 @@ const CORE_METHODS = [
   'dmCreate',
   'dmStatus',
   'dmRemove',
+  'idmappedBind',
 ] as const satisfies readonly (keyof Native)[];
 
 /** The methods of mos_tpm.node. */

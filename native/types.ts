@@ -170,6 +170,20 @@ export interface MountRequest {
   data?: string;
 }
 
+/** `idmappedBind`: an idmapped copy of the mount at `source`, attached at `target`. */
+export interface IdmappedBindOptions {
+  /** What to bind, as `mount --bind` takes it: the tree from this path down, without the mounts below it. */
+  source: string;
+  /** An existing directory (or, for a file source, file) to attach the copy on. */
+  target: string;
+  /** The host id that id 0 of the filesystem shows as; uids and gids alike. */
+  hostId: number;
+  /** How many ids are mapped (0..size-1 → hostId..hostId+size-1); hostId + size ≤ 2^32 - 1. */
+  size: number;
+  /** MOUNT_ATTR_RDONLY on the copy. */
+  readOnly: boolean;
+}
+
 export interface Native {
   /**
    * clone(CLONE_VM|CLONE_VFORK) + exec. Returns the child's pid once it has exec'd. If the child
@@ -266,6 +280,28 @@ export interface Native {
   dmStatus(name: string): Promise<DmTableLine[]>;
   /** DM_DEV_REMOVE; ENXIO (no such device) is not an error, EBUSY (still open/mounted) is. */
   dmRemove(name: string): Promise<void>;
+  /**
+   * An idmapped bind mount, off the main thread (kernels >= 5.12; the filesystem must allow
+   * idmapping: ext4 5.12, erofs 5.19, squashfs 6.2, tmpfs 6.3, overlayfs never so far):
+   * 1. `open_tree(source, OPEN_TREE_CLONE)`: a detached copy of the mount at `source` (not its
+   *    submounts: no AT_RECURSIVE);
+   * 2. a temporary user namespace whose uid_map and gid_map are both `0 hostId size`, held by a
+   *    child cloned into it (exit signal 0, so `reap`/`watchChildren` never see it) while its
+   *    maps are written and `/proc/<pid>/ns/user` is opened, then killed and reaped here with
+   *    waitpid(__WCLONE) on every path;
+   * 3. `mount_setattr(MOUNT_ATTR_IDMAP | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV`, plus
+   *    `MOUNT_ATTR_RDONLY` with `readOnly`) with that namespace: a file of id x in the filesystem
+   *    shows as hostId + x through the copy (ids outside 0..size-1 as the overflow id, 65534),
+   *    and a write as host id hostId + x stores x;
+   * 4. `move_mount` of the copy onto `target` (a new mount there, like a bind's).
+   * Until the last step succeeds the copy is detached, and a failure dissolves it: no mount is
+   * left. The mount keeps the namespace alive; nothing else outlives the call. Errors name the
+   * step and its subject: `open_tree ENOENT <source>`, `clone <errno>`, `open`/`write <errno>
+   * /proc/<pid>/uid_map`, `mount_setattr EINVAL <source>` (this kernel cannot idmap this
+   * filesystem; `EPERM`: `source` is already idmapped; `ENOSYS`: kernel < 5.12),
+   * `move_mount ENOENT <target>`. Callers tell them apart by `syscall` and `code`.
+   */
+  idmappedBind(options: IdmappedBindOptions): Promise<void>;
   /** umount2(2), off the main thread. */
   umount(target: string, flags: number): Promise<void>;
   /** sync(2) then reboot(2) with `RB_*` command; returns only on failure (throws). */

@@ -12,6 +12,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   mos::RegisterMount(env, exports);
   mos::RegisterBoot(env, exports);
   mos::RegisterBlock(env, exports);
+  mos::RegisterIdmap(env, exports);
   return exports;
 }
 

@@ -12,6 +12,7 @@ void RegisterPoll(Napi::Env env, Napi::Object exports);
 void RegisterMount(Napi::Env env, Napi::Object exports);
 void RegisterBoot(Napi::Env env, Napi::Object exports);
 void RegisterBlock(Napi::Env env, Napi::Object exports);
+void RegisterIdmap(Napi::Env env, Napi::Object exports);
 void RegisterTpm(Napi::Env env, Napi::Object exports);
 
 }  // namespace mos
