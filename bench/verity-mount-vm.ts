@@ -174,7 +174,7 @@ export interface BootResult {
   console: string;
 }
 
-const MOUNT_LINE = /mos: storage: ([\w.-]+) \(([\w-]+)\) verified and mounted at (\S+?)(?: in (\d+(?:\.\d+)?) ms)?\n/;
+const MOUNT_LINE = /mos: storage: ([\w.-]+) \(([\w-]+)\) verified and mounted at (\S+?)(?: in (\d+(?:\.\d+)?) ms)?[^\n]*\n/;
 
 /** Parses every ` verified and mounted` line of a console text. */
 export function parseMountLines(text: string): MountLine[] {

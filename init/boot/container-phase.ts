@@ -35,6 +35,7 @@ export interface ContainerPhaseEffects {
 
 export function prepareContainers(storage: StoragePhaseResult, context: ContainerPhaseContext, fx: ContainerPhaseEffects): ServiceSpec[] {
   const plans = new Map(storage.targets.filter((target) => target.active !== null && target.plan?.type === 'container').map((target) => [target.name, target.plan!]));
+  const unmapped = new Map(storage.targets.flatMap((target) => (target.active?.idmap?.mapped === false ? [[target.name, target.active.idmap.why] as const] : [])));
   fx.mkdir(context.dirs.bundlesDir, 0o711);
   return storage.services.map((spec) => {
     const plan = plans.get(spec.name);
@@ -72,6 +73,8 @@ export function prepareContainers(storage: StoragePhaseResult, context: Containe
     }
     const { root: _root, uid: _uid, gid: _gid, ...rest } = spec;
     const warnings = range === null ? [`nsgroup ${JSON.stringify(target.nsgroup)}: runs with the host's user ids (no user namespace): its root is the machine's root`] : [];
+    const why = unmapped.get(spec.name);
+    if (why !== undefined) warnings.push(why);
     return { ...rest, argv: planned.argv, env: {}, cwd: '/', container: planned.run, ...(warnings.length > 0 ? { warnings } : {}) };
   });
 }

@@ -35,7 +35,9 @@ export type ActivationFailureCode =
 
 /** What activation needs besides the native port: file reads, directories, a hash. */
 export interface ActivationEffects {
-  native: Pick<Native, 'loopAttach' | 'loopDetach' | 'dmCreate' | 'dmStatus' | 'dmRemove' | 'mount' | 'umount' | 'mknod'>;
+  native: Pick<Native, 'loopAttach' | 'loopDetach' | 'dmCreate' | 'dmStatus' | 'dmRemove' | 'mount' | 'umount' | 'mknod' | 'idmappedBind'>;
+  /** chown(2), for the writable layer's root (the container's root must own it). */
+  chown(file: string, uid: number, gid: number): void;
   /** The file's size in bytes (rejects with ENOENT when it is missing). */
   fileSize(file: string): Promise<number>;
   /** Exactly `length` bytes at `offset` (rejects on a short read or an I/O error, e.g. EIO). */
@@ -69,6 +71,12 @@ export interface ActiveTarget {
   dm: DmDevice;
   /** What was done, in order: teardown walks it backwards. */
   done: Undo[];
+  /**
+   * For a container in a user namespace: `mapped` when its image is seen through an idmapped
+   * mount (the image's owners inside), else why not (this kernel cannot idmap squashfs: the
+   * image's files show as nobody inside). Null without a user namespace.
+   */
+  idmap: { mapped: true } | { mapped: false; why: string } | null;
 }
 
 export type ActivationResult = { ok: true; active: ActiveTarget } | { ok: false; code: ActivationFailureCode; message: string };
@@ -184,8 +192,26 @@ export async function activateTarget(plan: TargetPlan, fx: ActivationEffects): P
   }
   done.push({ kind: 'mount', target: plan.imageDir });
 
+  let idmap: ActiveTarget['idmap'] = null;
   if (plan.overlay) {
     const { rootDir, upperDir, workDir } = plan.overlay;
+    // In a user namespace the image is seen through an idmapped mount, so that its files keep
+    // their owners inside (0 is the container's root, not nobody). Kernels before 6.2 cannot
+    // idmap squashfs (EINVAL): the image is then used as it is, and the service is told.
+    let lowerDir = plan.imageDir;
+    const mapping = plan.overlay.idmap;
+    if (mapping) {
+      try {
+        fx.mkdirp(mapping.dir);
+        await fx.native.idmappedBind({ source: plan.imageDir, target: mapping.dir, hostId: mapping.hostId, size: mapping.size, readOnly: true });
+        done.push({ kind: 'mount', target: mapping.dir });
+        lowerDir = mapping.dir;
+        idmap = { mapped: true };
+      } catch (error) {
+        if (errnoOf(error) !== 'EINVAL') return fail('E_OVERLAY', `${plan.name}: idmapped image on ${mapping.dir}: ${describe(error)}`);
+        idmap = { mapped: false, why: `this kernel cannot idmap the image's squashfs (${describe(error)}): its files show as nobody inside` };
+      }
+    }
     try {
       // A writable layer is never carried over: whatever a previous run left is removed.
       await fx.removeTree(upperDir);
@@ -193,6 +219,8 @@ export async function activateTarget(plan: TargetPlan, fx: ActivationEffects): P
       fx.mkdirp(upperDir);
       fx.mkdirp(workDir);
       fx.mkdirp(rootDir);
+      // The overlay's root is the upper dir's: the container's root owns it, as its image root.
+      if (mapping) fx.chown(upperDir, mapping.hostId, mapping.hostId);
     } catch (error) {
       return fail('E_OVERLAY', `${plan.name}: scratch directories: ${describe(error)}`);
     }
@@ -203,7 +231,7 @@ export async function activateTarget(plan: TargetPlan, fx: ActivationEffects): P
         target: rootDir,
         fstype: 'overlay',
         flags: MountFlags.NODEV,
-        data: `lowerdir=${plan.imageDir},upperdir=${upperDir},workdir=${workDir}`,
+        data: `lowerdir=${lowerDir},upperdir=${upperDir},workdir=${workDir}`,
       });
     } catch (error) {
       return fail('E_OVERLAY', `${plan.name}: overlay on ${rootDir}: ${describe(error)}`);
@@ -226,7 +254,7 @@ export async function activateTarget(plan: TargetPlan, fx: ActivationEffects): P
       return fail('E_OVERLAY', `${plan.name}: mount points in its root: ${describe(error)}`);
     }
   }
-  return { ok: true, active: { plan, layout, loop, dm, done } };
+  return { ok: true, active: { plan, layout, loop, dm, done, idmap } };
 }
 
 /**

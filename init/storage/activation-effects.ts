@@ -2,7 +2,7 @@
  * The real `ActivationEffects`: node:fs for reads and directories (libuv's thread pool, never
  * the main thread for a read that may hit a slow or failing disk), the addon for the rest.
  */
-import { close, closeSync, constants as fsConstants, existsSync, fstat, lstatSync, mkdirSync, open, openSync, read, readdirSync, readFileSync, rm } from 'node:fs';
+import { chownSync, close, closeSync, constants as fsConstants, existsSync, fstat, lstatSync, mkdirSync, open, openSync, read, readdirSync, readFileSync, rm } from 'node:fs';
 import path from 'node:path';
 import { runTool, type ToolRunner } from '../boot/run-tool.ts';
 import type { VolumeEffects } from './volume-phase.ts';
@@ -77,6 +77,7 @@ export function createActivationEffects(native: Native): ActivationEffects {
     exists: (file) => existsSync(file),
     dirInside,
     fileInside,
+    chown: (file, uid, gid) => chownSync(file, uid, gid),
     mkdirp: (dir) => void mkdirSync(dir, { recursive: true, mode: 0o755 }),
     removeTree: (dir) => new Promise((resolve, reject) => rm(dir, { recursive: true, force: true }, (error) => (error ? reject(error) : resolve()))),
   };

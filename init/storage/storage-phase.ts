@@ -9,13 +9,14 @@
  * exec or page fault fails); if so the service ends `failed` with E_VERITY_CORRUPT instead of
  * restarting into the same corruption.
  */
+import path from 'node:path';
 import { parseServiceConfig } from '../supervisor/spec.ts';
 import type { ServiceSpec } from '../supervisor/types.ts';
 import { activateTarget, deactivateTarget, verityStatus, type ActivationEffects, type ActiveTarget } from './activate.ts';
 import { planTarget, type StorageDirs, type TargetPlan } from './targets.ts';
 import type { VerifiedTarget } from '../trust/verify-install.ts';
 import type { StorageItem } from '../trust/formats.ts';
-import type { NsgroupRanges } from '../../services/idmap.ts';
+import { isHostNsgroup, nsgroupRoot, RANGE_SIZE, type NsgroupRanges } from '../../services/idmap.ts';
 import { prepareScratchDisk, prepareVolumes, releaseVolumes, SCRATCH_LABEL, type VolumeEffects, type VolumeOutcome } from './volume-phase.ts';
 import { planTargetMounts, type VolumePlan } from './volumes.ts';
 
@@ -133,6 +134,10 @@ export async function runStoragePhase(
       continue;
     }
     const plan = planned.plan;
+    const root = nsgroupRoot(target.target.nsgroup, nsgroups);
+    if (plan.overlay && !isHostNsgroup(target.target.nsgroup) && root.ok) {
+      plan.overlay.idmap = { dir: path.join(path.dirname(plan.overlay.rootDir), 'mapped'), hostId: root.uid, size: RANGE_SIZE };
+    }
     const started = process.hrtime.bigint();
     const activated = await activateTarget(plan, fx);
     const took = elapsedMs(started);
@@ -144,7 +149,8 @@ export async function runStoragePhase(
     }
     const { active } = activated;
     fx.log({ target: plan.name, type: plan.type, dm: active.dm.path, loop: active.loop.path, root: plan.overlay?.rootDir ?? plan.imageDir }, `target ${plan.name} active`);
-    fx.say(`mos: storage: ${plan.name} (${plan.type}) verified and mounted at ${plan.overlay?.rootDir ?? plan.imageDir} in ${took} ms`);
+    const mapping = active.idmap === null ? '' : active.idmap.mapped ? `, idmapped to ${plan.overlay!.idmap!.hostId}` : ', not idmapped (this kernel cannot idmap squashfs)';
+    fx.say(`mos: storage: ${plan.name} (${plan.type}) verified and mounted at ${plan.overlay?.rootDir ?? plan.imageDir} in ${took} ms${mapping}`);
     outcomes.push({ name: plan.name, type: plan.type, plan, active, failure: null });
     if (plan.type === 'container') {
       const service = targetService(plan);

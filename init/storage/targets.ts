@@ -72,6 +72,8 @@ export interface TargetPlan {
     workDir: string;
     /** Made in the overlay at each activation, never through an image symlink: the container's mount points. */
     mountPoints: { readonly dirs: readonly string[]; readonly files: readonly string[] };
+    /** A container in a user namespace: its image seen through an idmapped mount at `dir` (the nsgroup's range). */
+    idmap?: { dir: string; hostId: number; size: number };
   };
   /** Container targets: the process from the image config. */
   process?: ImageProcess;

@@ -104,6 +104,10 @@ describe('prepareContainers', () => {
     // nsgroup none: no user namespace, said in mosctl status.
     expect(specs[0]!.warnings).toBeUndefined();
     expect(specs[1]!.warnings).toEqual(['nsgroup "none": runs with the host\'s user ids (no user namespace): its root is the machine\'s root']);
+    // A kernel that could not idmap the image: said too.
+    const unmappedStorage = storage(['web']);
+    (unmappedStorage.targets[0] as { active: unknown }).active = { idmap: { mapped: false, why: 'this kernel cannot idmap the image\'s squashfs' } };
+    expect(prepareContainers(unmappedStorage, context([target('web', 'web')], ranges), fx)[0]!.warnings).toEqual(['this kernel cannot idmap the image\'s squashfs']);
   });
 
   it('a named nsgroup without a range makes its service unavailable with the nsgroup\'s code', () => {

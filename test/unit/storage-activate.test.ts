@@ -45,6 +45,7 @@ function memoryEffects(native: FakeNative, files: Map<string, Buffer>, options: 
   const dirs = new Set<string>();
   const removed: string[] = [];
   const madeFiles: string[] = [];
+  const chowns: string[] = [];
   const dmBacking = (file: string) => {
     for (const [, entry] of native.dmDevices) {
       if (entry.device.path === file) {
@@ -71,6 +72,7 @@ function memoryEffects(native: FakeNative, files: Map<string, Buffer>, options: 
     },
     exists: (file) => file.startsWith('/dev/dm-'),
     fileInside: (root, relative) => void madeFiles.push(`${root}${relative}`),
+    chown: (file, uid, gid) => void chowns.push(`${file} ${uid}:${gid}`),
     dirInside: (root, relative) => {
       if (relative.includes('link')) throw new Error(`${relative} is a symlink in the image: a mount there could land outside the service root`);
       return `${root}${relative}`;
@@ -81,7 +83,7 @@ function memoryEffects(native: FakeNative, files: Map<string, Buffer>, options: 
       dirs.delete(dir);
     },
   };
-  return { fx, dirs, removed, madeFiles };
+  return { fx, dirs, removed, madeFiles, chowns };
 }
 
 function planFor(image: VerityImage, name = 'web', type: InstallTarget['service_type'] = 'container'): TargetPlan {
@@ -294,6 +296,36 @@ describe('activation', () => {
     const problems = await deactivateTarget(result.active, fx);
     expect(problems).toEqual(['/run/mos/targets/web/root was busy: detached lazily']);
     expect(native.umounts[1]).toEqual({ target: '/run/mos/targets/web/root', flags: 2 });
+    expect(native.loops.size).toBe(0);
+  });
+});
+
+describe('activation in a user namespace', () => {
+  it('sees the image through an idmapped mount of the nsgroup\'s range, with the writable layer\'s root the container\'s', async () => {
+    const { native, plan, fx, chowns } = setup();
+    plan.overlay!.idmap = { dir: '/run/mos/targets/web/mapped', hostId: 131072, size: 65536 };
+    const result = await activateTarget(plan, fx);
+    if (!result.ok) throw new Error(result.message);
+    expect(native.idmappedBinds).toEqual([{ source: '/run/mos/targets/web/image', target: '/run/mos/targets/web/mapped', hostId: 131072, size: 65536, readOnly: true }]);
+    expect(native.mounts.find((m) => m.fstype === 'overlay')!.data).toMatch(/^lowerdir=\/run\/mos\/targets\/web\/mapped,/);
+    expect(chowns).toEqual(['/run/mos/scratch/web/upper 131072:131072']);
+    expect(result.active.idmap).toEqual({ mapped: true });
+    expect(await deactivateTarget(result.active, fx)).toEqual([]);
+    expect(native.umounts.map((u) => u.target)).toEqual(['/run/mos/targets/web/root', '/run/mos/targets/web/mapped', '/run/mos/targets/web/image']);
+  });
+
+  it('a kernel that cannot idmap squashfs (EINVAL): the image as it is, and why; another failure fails the activation', async () => {
+    const { native, plan, fx } = setup();
+    plan.overlay!.idmap = { dir: '/run/mos/targets/web/mapped', hostId: 131072, size: 65536 };
+    native.failNextIdmappedBind = { step: 'mount_setattr', code: 'EINVAL' };
+    const result = await activateTarget(plan, fx);
+    if (!result.ok) throw new Error(result.message);
+    expect(native.mounts.find((m) => m.fstype === 'overlay')!.data).toMatch(/^lowerdir=\/run\/mos\/targets\/web\/image,/);
+    expect(result.active.idmap).toMatchObject({ mapped: false, why: expect.stringMatching(/cannot idmap the image's squashfs \(mount_setattr EINVAL .*\): its files show as nobody inside/) });
+    await deactivateTarget(result.active, fx);
+
+    native.failNextIdmappedBind = { step: 'move_mount', code: 'ENOENT' };
+    expect(await activateTarget(plan, fx)).toMatchObject({ ok: false, code: 'E_OVERLAY', message: expect.stringMatching(/idmapped image on \/run\/mos\/targets\/web\/mapped: move_mount ENOENT/) });
     expect(native.loops.size).toBe(0);
   });
 });
