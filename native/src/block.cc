@@ -25,6 +25,7 @@
 #include "addon.h"
 #include "args.h"
 #include "errors.h"
+#include "scoped-fd.h"
 
 #ifndef LOOP_CONFIGURE
 #define LOOP_CONFIGURE 0x4C0A  // linux/loop.h, kernels >= 5.8
@@ -65,25 +66,6 @@ static_assert(sizeof(struct dm_ioctl) % 8 == 0, "dm_ioctl must keep the specs af
 static_assert(sizeof(struct dm_target_spec) == 40, "dm_target_spec layout");
 
 size_t AlignTo8(size_t bytes) { return (bytes + 7) & ~static_cast<size_t>(7); }
-
-// An fd closed when it goes out of scope, so that no path out of a worker leaks one.
-class ScopedFd {
- public:
-  explicit ScopedFd(int fd = -1) : fd_(fd) {}
-  ScopedFd(const ScopedFd&) = delete;
-  ScopedFd& operator=(const ScopedFd&) = delete;
-  ~ScopedFd() { Reset(-1); }
-
-  void Reset(int fd) {
-    if (fd_ >= 0) close(fd_);
-    fd_ = fd;
-  }
-  int Get() const { return fd_; }
-  bool IsOpen() const { return fd_ >= 0; }
-
- private:
-  int fd_;
-};
 
 // One ioctl sequence off the main thread. The failing step names itself and its subject (a
 // path, or a dm device name), so one worker can report `open ENOENT /dev/loop-control` and

@@ -41,6 +41,7 @@
 #include "addon.h"
 #include "args.h"
 #include "errors.h"
+#include "scoped-fd.h"
 
 // The new mount API's numbers are the same on every architecture (x86_64 and aarch64 included).
 #ifndef SYS_open_tree
@@ -80,24 +81,6 @@ constexpr size_t kHelperStackBytes = 64 * 1024;
 constexpr size_t kKernelSigsetBytes = _NSIG / 8;
 // A uid or gid of (uint32_t)-1 is "no id": the last host id must stay below it.
 constexpr int64_t kIdLimit = 4294967295;
-
-class ScopedFd {
- public:
-  explicit ScopedFd(int fd = -1) : fd_(fd) {}
-  ScopedFd(const ScopedFd&) = delete;
-  ScopedFd& operator=(const ScopedFd&) = delete;
-  ~ScopedFd() { Reset(-1); }
-
-  void Reset(int fd) {
-    if (fd_ >= 0) close(fd_);
-    fd_ = fd;
-  }
-  int Get() const { return fd_; }
-  bool IsOpen() const { return fd_ >= 0; }
-
- private:
-  int fd_;
-};
 
 struct Failure {
   const char* step = "";
