@@ -517,6 +517,25 @@ class NvUndefineWorker : public TpmWorker {
   TPM2_HANDLE index_;
 };
 
+// The whole index, chunk by chunk (one NV_Read carries at most TPM2_PT_NV_BUFFER_MAX bytes).
+// `authorize` runs before each chunk's read and returns the session that authorizes it.
+template <typename Authorize>
+void ReadWholeIndex(Tpm& tpm, ESYS_TR nv, uint16_t size, Authorize authorize, std::vector<uint8_t>& out) {
+  uint16_t chunk = tpm.NvBufferMax();
+  out.reserve(size);
+  uint16_t offset = 0;
+  do {
+    ESYS_TR session = authorize(offset);
+    uint16_t length = std::min<uint16_t>(chunk, size - offset);
+    TPM2B_MAX_NV_BUFFER* data = nullptr;
+    Check(Esys_NV_Read(*tpm, nv, nv, session, ESYS_TR_NONE, ESYS_TR_NONE, length, offset, &data),
+          "Esys_NV_Read");
+    out.insert(out.end(), data->buffer, data->buffer + data->size);
+    Esys_Free(data);
+    offset = static_cast<uint16_t>(offset + length);
+  } while (offset < size);
+}
+
 // NV_Read authorized by the index's own authValue (a password session; ESYS sends the empty
 // password an ESYS_TR has until Esys_TR_SetAuth), chunk by chunk, the whole index. The TPM checks
 // TPMA_NV_AUTHREAD itself.
@@ -529,20 +548,7 @@ class NvReadWorker : public TpmWorker {
   void Run(Tpm& tpm) override {
     ESYS_TR nv = tpm.NvIndex(index_);
     auto pub = ReadNvPublic(*tpm, nv);
-    uint16_t size = pub->nvPublic.dataSize;
-    uint16_t chunk = tpm.NvBufferMax();
-    data_.reserve(size);
-    uint16_t offset = 0;
-    do {
-      uint16_t length = std::min<uint16_t>(chunk, size - offset);
-      TPM2B_MAX_NV_BUFFER* data = nullptr;
-      Check(Esys_NV_Read(*tpm, nv, nv, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, length, offset,
-                         &data),
-            "Esys_NV_Read");
-      data_.insert(data_.end(), data->buffer, data->buffer + data->size);
-      Esys_Free(data);
-      offset = static_cast<uint16_t>(offset + length);
-    } while (offset < size);
+    ReadWholeIndex(tpm, nv, pub->nvPublic.dataSize, [](uint16_t) { return ESYS_TR_PASSWORD; }, data_);
   }
 
   Napi::Value Result(Napi::Env env) override {
@@ -567,8 +573,6 @@ class NvReadWithPcrPolicyWorker : public TpmWorker {
   void Run(Tpm& tpm) override {
     ESYS_TR nv = tpm.NvIndex(index_);
     auto pub = ReadNvPublic(*tpm, nv);
-    uint16_t size = pub->nvPublic.dataSize;
-    uint16_t chunk = tpm.NvBufferMax();
 
     // Unsalted, unbound: the session only carries the policy. Its hash is the index's nameAlg,
     // the algorithm the index's authPolicy was computed with.
@@ -586,9 +590,7 @@ class NvReadWithPcrPolicyWorker : public TpmWorker {
           "Esys_TRSess_SetAttributes");
 
     TPM2B_DIGEST currentValues = {};  // size 0: the TPM uses the PCRs as they are now
-    data_.reserve(size);
-    uint16_t offset = 0;
-    do {
+    auto satisfyPolicy = [&](uint16_t offset) {
       // A policy session's digest is consumed by the command it authorizes: satisfy it anew
       // for every chunk.
       if (offset > 0) {
@@ -598,14 +600,9 @@ class NvReadWithPcrPolicyWorker : public TpmWorker {
       Check(Esys_PolicyPCR(*tpm, session, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
                            &currentValues, &selection_),
             "Esys_PolicyPCR");
-      uint16_t length = std::min<uint16_t>(chunk, size - offset);
-      TPM2B_MAX_NV_BUFFER* data = nullptr;
-      Check(Esys_NV_Read(*tpm, nv, nv, session, ESYS_TR_NONE, ESYS_TR_NONE, length, offset, &data),
-            "Esys_NV_Read");
-      data_.insert(data_.end(), data->buffer, data->buffer + data->size);
-      Esys_Free(data);
-      offset = static_cast<uint16_t>(offset + length);
-    } while (offset < size);
+      return session;
+    };
+    ReadWholeIndex(tpm, nv, pub->nvPublic.dataSize, satisfyPolicy, data_);
   }
 
   Napi::Value Result(Napi::Env env) override {
