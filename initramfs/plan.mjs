@@ -252,3 +252,63 @@ export function peChecksum(image, checksumOffset) {
   }
   return ((sum & 0xffff) + image.length) >>> 0;
 }
+
+// ---- The guest kernel ------------------------------------------------------------------------
+/**
+ * The guest kernels an image can carry: Debian's signed cloud kernels (bzImage with Debian's
+ * Secure Boot signature; modules signed), fetched with `apt-get download`, unpacked, never
+ * installed. Pinned by version and sha256 (bump deliberately). Both come from bookworm-security.
+ *
+ * - `6.1`: Debian 12's own kernel. Modules are plain `.ko`; virtio, virtio_pci and virtio_console
+ *   are modules; squashfs and tmpfs cannot be idmapped (docs/idmapped-mounts.md).
+ * - `6.12`: Debian's 6.12 for bookworm (source linux-signed-6.12-amd64). Modules are `.ko.xz`
+ *   (CONFIG_MODULE_COMPRESS_XZ, CONFIG_MODULE_DECOMPRESS=y; the image ships them decompressed,
+ *   signature kept); virtio, virtio_ring, virtio_pci(_modern_dev/_legacy_dev) and virtio_console
+ *   are built in; squashfs (6.2+) and tmpfs (6.3+) can be idmapped.
+ */
+export const KERNELS = Object.freeze({
+  '6.1': Object.freeze({
+    package: 'linux-image-6.1.0-56-cloud-amd64',
+    version: '6.1.192-2',
+    release: '6.1.0-56-cloud-amd64',
+    sha256: 'e7d02b943971edcb8790e256c02cfab3bca6c3d37c1bf25392a57c71300615ee',
+  }),
+  '6.12': Object.freeze({
+    package: 'linux-image-6.12.117+deb12-cloud-amd64',
+    version: '6.12.117-1~deb12u1',
+    release: '6.12.117+deb12-cloud-amd64',
+    sha256: '5195b288dec79e2981d6b84457f38b7ce7310a2d702930ec7d07209c7f78ce37',
+  }),
+});
+
+/**
+ * The kernel a build uses when neither `--kernel` nor $MOS_KERNEL chooses one: 6.12, whose squashfs
+ * and tmpfs can be idmapped (containers see their image's owners; docs/idmapped-mounts.md). 6.1
+ * stays selectable (`MOS_KERNEL=6.1`): there a container's image files show as nobody.
+ */
+export const DEFAULT_KERNEL = '6.12';
+
+/** The environment variable that chooses the kernel (build.mjs and the VM harness both read it). */
+export const KERNEL_ENV = 'MOS_KERNEL';
+
+/**
+ * The kernel to build for or boot: `choice` (an id of KERNELS; undefined or "" means the
+ * default) → `{ id, package, version, release, sha256 }`. Throws on an unknown id.
+ */
+export function selectKernel(choice) {
+  const id = choice === undefined || choice === null || choice === '' ? DEFAULT_KERNEL : String(choice);
+  if (!Object.hasOwn(KERNELS, id)) {
+    throw new Error(`unknown kernel "${id}" (${KERNEL_ENV} or --kernel): one of ${Object.keys(KERNELS).join(', ')}`);
+  }
+  return { id, ...KERNELS[id] };
+}
+
+/**
+ * Where the images of kernel `id` go under the build root: the default kernel's in the root
+ * itself (build/, as always), any other's in `<root>/kernel-<id>`, so the two builds never
+ * overwrite each other (their work trees, UKI variants and build locks are separate too).
+ */
+export function kernelOutDir(buildRoot, id) {
+  const root = buildRoot.replace(/\/+$/, '') || '/';
+  return id === DEFAULT_KERNEL ? root : `${root === '/' ? '' : root}/kernel-${id}`;
+}

@@ -1,24 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import {
-  compareBytes,
-  computeUkiLayout,
-  decompressedModulePath,
-  defaultCmdline,
-  imageMode,
-  imagePathFor,
-  moduleDecompressor,
-  moduleName,
-  parseKernelConfig,
-  parseLdd,
-  parseModulesBuiltin,
-  parseModulesDep,
-  parseObjdumpSections,
-  peChecksum,
-  planCpioList,
-  planModules,
-  setPeTimestamp,
-  trimModulesDep,
-} from '../../initramfs/plan.mjs';
+import { compareBytes, computeUkiLayout, decompressedModulePath, defaultCmdline, imageMode, imagePathFor, moduleDecompressor, moduleName, parseKernelConfig, parseLdd, parseModulesBuiltin, parseModulesDep, parseObjdumpSections, peChecksum, planCpioList, planModules, setPeTimestamp, trimModulesDep, DEFAULT_KERNEL, KERNELS, kernelOutDir, selectKernel } from '../../initramfs/plan.mjs';
 
 describe('cpio file list', () => {
   it('adds parents, drops duplicates and sorts bytewise with each directory before its contents', () => {
@@ -202,5 +183,20 @@ Idx Name          Size      VMA               LMA               File off  Algn
   it('bakes a command line per variant', () => {
     expect(defaultCmdline('test')).toBe('console=ttyS0 panic=-1 mos.debug_control=1');
     expect(defaultCmdline('prod')).toContain('quiet');
+  });
+});
+
+describe('the guest kernel', () => {
+  it('is one pinned setting: the default, or a known id; anything else is refused with the choices', () => {
+    expect(selectKernel(undefined)).toMatchObject({ id: DEFAULT_KERNEL, ...KERNELS[DEFAULT_KERNEL as keyof typeof KERNELS] });
+    expect(selectKernel('')).toMatchObject({ id: DEFAULT_KERNEL });
+    expect(selectKernel('6.1')).toMatchObject({ id: '6.1', package: 'linux-image-6.1.0-56-cloud-amd64' });
+    expect(() => selectKernel('5.10')).toThrow(/unknown kernel "5.10" \(MOS_KERNEL or --kernel\): one of 6.1, 6.12/);
+    expect(() => selectKernel('constructor')).toThrow(/unknown kernel/);
+  });
+
+  it('builds the default kernel\'s images in the build root, another\'s beside them', () => {
+    expect(kernelOutDir('/work/build', DEFAULT_KERNEL)).toBe('/work/build');
+    expect(kernelOutDir('/work/build/', '6.1')).toBe('/work/build/kernel-6.1');
   });
 });

@@ -2,6 +2,10 @@
  * The boot images the cases use, from `build/` (made by `node initramfs/build.mjs --variant
  * test`, which this module only calls, when an output is missing or older than its sources).
  *
+ * The guest kernel: MOS_KERNEL (an id of initramfs/plan.mjs KERNELS, e.g. `6.12`; unset = the
+ * build's default). The default kernel's images are in build/, another's in build/kernel-<id>/;
+ * images built for another kernel than the one chosen count as stale.
+ *
  * Overrides for trying the harness on other images (documented in vm-tests/README.md):
  * MOS_VM_KERNEL, MOS_VM_INITRD, MOS_VM_CMDLINE, MOS_VM_UKI, MOS_VM_UKI_UNSIGNED, MOS_VM_ESP;
  * MOS_VM_BUILD=never|auto|always (default auto).
@@ -10,10 +14,16 @@ import { execFileSync } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { KERNEL_ENV, kernelOutDir, selectKernel, type SelectedKernel } from '../../initramfs/plan.mjs';
 
 // run.mjs runs an esbuild bundle from a temp dir and says where the checkout is.
 export const repoRoot = process.env.MOS_REPO_ROOT ?? path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+/** The build root (shared by every kernel: build/keys, build/cache). */
 export const buildDir = path.join(repoRoot, 'build');
+/** The guest kernel the cases boot ($MOS_KERNEL, else the build's default). */
+export const guestKernel: SelectedKernel = selectKernel(process.env[KERNEL_ENV]);
+/** Where that kernel's images are: build/ for the default kernel, build/kernel-<id>/ otherwise. */
+export const imagesDir = kernelOutDir(buildDir, guestKernel.id);
 
 /** The kernel command line of the test image when neither the manifest nor MOS_VM_CMDLINE says. */
 export const FALLBACK_TEST_CMDLINE = 'console=ttyS0 panic=-1 mos.debug_control=1';
@@ -33,7 +43,7 @@ export interface TestImages {
 export type ImageKind = 'direct' | 'uefi';
 
 export function defaultImages(env: NodeJS.ProcessEnv = process.env): TestImages {
-  const manifestPath = path.join(buildDir, 'manifest.json');
+  const manifestPath = path.join(imagesDir, 'manifest.json');
   let manifest: Record<string, unknown> | null = null;
   try {
     manifest = JSON.parse(readFileSync(manifestPath, 'utf8')) as Record<string, unknown>;
@@ -41,12 +51,12 @@ export function defaultImages(env: NodeJS.ProcessEnv = process.env): TestImages 
     manifest = null;
   }
   return {
-    kernel: env.MOS_VM_KERNEL ?? path.join(buildDir, 'vmlinuz'),
-    initrd: env.MOS_VM_INITRD ?? path.join(buildDir, 'initramfs-test.cpio'),
+    kernel: env.MOS_VM_KERNEL ?? path.join(imagesDir, 'vmlinuz'),
+    initrd: env.MOS_VM_INITRD ?? path.join(imagesDir, 'initramfs-test.cpio'),
     cmdline: env.MOS_VM_CMDLINE ?? manifestCmdline(manifest) ?? FALLBACK_TEST_CMDLINE,
-    uki: env.MOS_VM_UKI ?? path.join(buildDir, 'mos-test.efi'),
-    ukiUnsigned: env.MOS_VM_UKI_UNSIGNED ?? path.join(buildDir, 'mos-test-unsigned.efi'),
-    esp: env.MOS_VM_ESP ?? path.join(buildDir, 'esp-test.img'),
+    uki: env.MOS_VM_UKI ?? path.join(imagesDir, 'mos-test.efi'),
+    ukiUnsigned: env.MOS_VM_UKI_UNSIGNED ?? path.join(imagesDir, 'mos-test-unsigned.efi'),
+    esp: env.MOS_VM_ESP ?? path.join(imagesDir, 'esp-test.img'),
     manifest,
   };
 }
@@ -90,12 +100,20 @@ export function newestSourceMtime(dirs: readonly string[] = ['initramfs', 'init'
   return newest;
 }
 
+/** The kernel release the manifest says the images carry (null: no manifest or no record). */
+export function manifestKernelRelease(manifest: Record<string, unknown> | null): string | null {
+  const kernel = (manifest?.inputs as { kernel?: { release?: unknown } } | undefined)?.kernel;
+  return typeof kernel?.release === 'string' ? kernel.release : null;
+}
+
 /** Why the images need a build, or null when they are usable as they are. */
 export function staleReason(images: TestImages, kinds: readonly ImageKind[], env: NodeJS.ProcessEnv = process.env): string | null {
   const files = requiredFiles(images, kinds).filter((file) => !isOverridden(file, env));
   const missing = files.filter((file) => !existsSync(file));
   if (missing.length) return `missing ${missing.map((f) => path.relative(repoRoot, f)).join(', ')}`;
   if (files.length === 0) return null;
+  const release = manifestKernelRelease(images.manifest);
+  if (release !== guestKernel.release) return `the images carry kernel ${release ?? '(unrecorded)'}, ${KERNEL_ENV}=${guestKernel.id} is ${guestKernel.release}`;
   const oldest = Math.min(...files.map((file) => statSync(file).mtimeMs));
   const newest = newestSourceMtime();
   return newest > oldest ? 'sources are newer than the images' : null;
@@ -128,15 +146,23 @@ export function ensureImages(kinds: readonly ImageKind[] = ['direct', 'uefi'], l
       delete env.NODE_EXTRA_CA_CERTS;
       const run = (args: string[]) => execFileSync(process.execPath, args, { cwd: repoRoot, stdio: ['ignore', 'inherit', 'inherit'], env });
       // build.mjs packs dist/ as it is: refresh the addon (skipped when current) and the bundles.
-      log(`building the test images (${reason}): scripts/build-addon.mjs, scripts/build-bundle.mjs, initramfs/build.mjs --variant test`);
+      const buildArgs = ['--variant', 'test', '--kernel', guestKernel.id, '--out', imagesDir];
+      log(`building the test images (${reason}): scripts/build-addon.mjs, scripts/build-bundle.mjs, initramfs/build.mjs ${buildArgs.join(' ')}`);
       run([path.join(repoRoot, 'scripts', 'build-addon.mjs')]);
       run([path.join(repoRoot, 'scripts', 'build-bundle.mjs')]);
-      run([script, '--variant', 'test']);
+      run([script, ...buildArgs]);
     });
     images = defaultImages();
   }
   const missing = requiredFiles(images, kinds).filter((file) => !existsSync(file));
   if (missing.length) throw new Error(`VM images missing: ${missing.join(', ')}`);
+  // Never boot another kernel than the one chosen without saying so (MOS_VM_BUILD=never, a
+  // build for another kernel in the same directory): only MOS_VM_KERNEL/_INITRD/_UKI override it.
+  const release = manifestKernelRelease(images.manifest);
+  const own = requiredFiles(images, kinds).filter((file) => !isOverridden(file, process.env));
+  if (own.length > 0 && release !== guestKernel.release) {
+    throw new Error(`${path.relative(repoRoot, imagesDir) || '.'}/manifest.json: the images carry kernel ${release ?? '(unrecorded)'}, not ${guestKernel.release} (${KERNEL_ENV}=${guestKernel.id}); build them or set MOS_VM_BUILD=auto`);
+  }
   return images;
 }
 

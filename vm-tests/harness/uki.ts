@@ -6,7 +6,7 @@
  */
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { buildDir, repoRoot } from './images.ts';
+import { imagesDir, repoRoot } from './images.ts';
 
 export interface UkiVariant {
   /** The signed UKI. */
@@ -33,10 +33,11 @@ function buildModule(): Promise<BuildModule> {
 
 /**
  * The signed UKI + ESP of the test image with `cmdline` (the whole command line, not an
- * addition), built from build/vmlinuz and build/initramfs-test.cpio.zst (~2 s) or reused.
+ * addition), built from the chosen kernel's images (build/vmlinuz and build/initramfs-test.cpio.zst
+ * for the default kernel, build/kernel-<id>/… for another: images.ts) (~2 s) or reused.
  */
 export async function ukiVariant(cmdline: string, options: { cacheDir?: string } = {}): Promise<UkiVariant> {
   const build = await buildModule();
   if (typeof build.buildUkiVariant !== 'function') throw new Error('initramfs/build.mjs does not export buildUkiVariant');
-  return build.buildUkiVariant({ cmdline, variant: 'test', out: buildDir, cacheDir: options.cacheDir });
+  return build.buildUkiVariant({ cmdline, variant: 'test', out: imagesDir, cacheDir: options.cacheDir });
 }
