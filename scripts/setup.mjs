@@ -31,6 +31,7 @@ const APT_COMMANDS = {
   ip: 'iproute2', // simple networks (bridge, veth, netns) in the network tests
   nft: 'nftables', // port forwards and outbound NAT in the network tests
   nsenter: 'util-linux', // the network tests run commands inside their namespaces
+  curl: 'curl', // npm run demo reaches the container web service through the port forward
   '/usr/share/containers/seccomp.json': 'golang-github-containers-common', // the seccomp template of every container (services/seccomp.ts)
 };
 

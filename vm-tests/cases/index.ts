@@ -11,6 +11,7 @@ import trustForeignKeyset from './08-trust-foreign-keyset/case.ts';
 import trustTamperedBlob from './09-trust-tampered-blob/case.ts';
 import verityImages from './10-verity-images/case.ts';
 import storageVolumes from './11-storage-volumes/case.ts';
+import containerNetworks from './12-container-networks/case.ts';
 
 export const cases: readonly VmCase[] = [
   directBoot,
@@ -24,6 +25,7 @@ export const cases: readonly VmCase[] = [
   trustTamperedBlob,
   verityImages,
   storageVolumes,
+  containerNetworks,
 ];
 
 /** Cases matching any selector: a number (`1`, `01`), a folder name, or part of one. */

@@ -22,8 +22,10 @@ import {
   buildCmdline,
   buildQemuArgs,
   type ExtraDrive,
+  type HostForward,
   type QemuConfig,
 } from './qemu.ts';
+import { freePort, type ForwardProtocol } from './net.ts';
 import { releaseStateDir, startSwtpm, type Swtpm } from './swtpm.ts';
 
 export interface BootOptions {
@@ -53,6 +55,12 @@ export interface BootOptions {
   /** Attach the `mos.control` port (default true). */
   control?: boolean;
   memoryMiB?: number;
+  /**
+   * A virtio-net NIC on QEMU's user-mode network (the guest's eth0; configure it with
+   * `USER_NET_UPLINK` on the command line), each guest port forwarded from a free port on the
+   * host's 127.0.0.1 (`Machine.hostPort`). Without it the guest has no NIC.
+   */
+  userNet?: { forwards: readonly { protocol: ForwardProtocol; guestPort: number }[] };
 }
 
 export interface MachineEnv {
@@ -86,6 +94,8 @@ export class Machine {
     readonly startedAt: number,
     /** The machine's swtpm, when it has a TPM. */
     readonly tpm?: Swtpm,
+    /** QEMU's host forwards (`BootOptions.userNet`), with the host ports chosen. */
+    readonly forwards: readonly HostForward[] = [],
   ) {
     void exited.then((info) => (this.exitInfo = info));
   }
@@ -112,6 +122,11 @@ export class Machine {
       config.boot = { kind: 'uefi', code: secureBoot ? OVMF_SNAKEOIL_CODE : OVMF_PLAIN_CODE, vars, esp, secureBoot };
     }
     if (options.drives?.length) config.drives = [...options.drives];
+    const forwards: HostForward[] = [];
+    for (const forward of options.userNet?.forwards ?? []) {
+      forwards.push({ protocol: forward.protocol, hostAddress: '127.0.0.1', hostPort: await freePort(forward.protocol), guestPort: forward.guestPort });
+    }
+    if (options.userNet) config.userNet = { forwards };
     const tpm = options.tpm ? await startSwtpm(dir, env.cleanup, options.tpmStateDir) : undefined;
     if (tpm) config.tpmSocket = tpm.socket;
 
@@ -125,7 +140,7 @@ export class Machine {
     if (!child.pid) throw new Error('QEMU did not start');
     const exited = new Promise<QemuExit>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
     env.cleanup.process(`qemu ${options.name}`, child.pid, exited);
-    const machine = new Machine(options.name, dir, args, watcher, child.pid, exited, controlSocket, qmpSocket, Date.now(), tpm);
+    const machine = new Machine(options.name, dir, args, watcher, child.pid, exited, controlSocket, qmpSocket, Date.now(), tpm, forwards);
     const collect = (chunk: Buffer) => machine.qemuStderr.push(chunk.toString());
     child.stdout.on('data', collect);
     child.stderr.on('data', collect);
@@ -138,9 +153,20 @@ export class Machine {
       const qmp = await machine.qmpClient?.catch(() => null);
       qmp?.close();
     });
-    const extras = [options.tpm ? (options.tpmStateDir ? `tpm ${path.basename(options.tpmStateDir)}` : 'tpm') : '', ...(options.drives ?? []).map((d) => `disk ${d.serial}`)].filter(Boolean);
+    const extras = [
+      options.tpm ? (options.tpmStateDir ? `tpm ${path.basename(options.tpmStateDir)}` : 'tpm') : '',
+      ...(options.drives ?? []).map((d) => `disk ${d.serial}`),
+      ...forwards.map((f) => `${f.protocol} 127.0.0.1:${f.hostPort} → guest :${f.guestPort}`),
+    ].filter(Boolean);
     env.log(`${options.name}: started QEMU pid ${child.pid} (${options.boot}${extras.length ? `, ${extras.join(', ')}` : ''})`);
     return machine;
+  }
+
+  /** The host port (on 127.0.0.1) QEMU forwards to `guestPort` over `protocol`; throws when there is none. */
+  hostPort(protocol: ForwardProtocol, guestPort: number): number {
+    const forward = this.forwards.find((f) => f.protocol === protocol && f.guestPort === guestPort);
+    if (!forward) throw new Error(`${this.name} has no ${protocol} forward to guest port ${guestPort}`);
+    return forward.hostPort;
   }
 
   /** Seconds since QEMU started, for step timings. */

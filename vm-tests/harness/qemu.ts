@@ -49,6 +49,31 @@ export interface ExtraDrive {
   format?: 'raw' | 'qcow2';
 }
 
+/** One QEMU user-net host forward: `<protocol>:<hostAddress>:<hostPort>` on the host → `:<guestPort>` in the guest. */
+export interface HostForward {
+  protocol: 'tcp' | 'udp';
+  /** Default 127.0.0.1: test traffic stays on the host's loopback (FACTS.md). */
+  hostAddress?: string;
+  hostPort: number;
+  guestPort: number;
+}
+
+/**
+ * A NIC on QEMU's user-mode network (slirp): the guest is 10.0.2.15/24 with the gateway 10.0.2.2
+ * (`mos.uplink=eth0,10.0.2.15/24,10.0.2.2`, see USER_NET_UPLINK), reachable from the host only through
+ * `forwards`. With TCP forwards only, `restrict=on` also keeps the guest from reaching the host or
+ * anything beyond it (the forwards still work); a UDP forward needs the NIC unrestricted
+ * (`userNetdev`). Nothing in the test guests opens connections of its own either way.
+ */
+export interface UserNet {
+  forwards: readonly HostForward[];
+}
+
+/** QEMU user-net's fixed addresses: the guest's interface, prefix and gateway. */
+export const USER_NET = { network: '10.0.2.0/24', guest: '10.0.2.15', prefix: 24, gateway: '10.0.2.2' } as const;
+/** The kernel command-line word that configures the guest's end of the user-net NIC (init/boot/cmdline.ts). */
+export const USER_NET_UPLINK = `mos.uplink=eth0,${USER_NET.guest}/${USER_NET.prefix},${USER_NET.gateway}`;
+
 export interface QemuConfig {
   boot: DirectBoot | UefiBoot;
   /** The serial console (ttyS0) is written to this file. */
@@ -63,6 +88,8 @@ export interface QemuConfig {
   drives?: ExtraDrive[];
   /** Guest reboot makes QEMU exit (default true): a test sees a reboot as an end, not a loop. */
   noReboot?: boolean;
+  /** A virtio-net NIC on QEMU's user-mode network with host forwards; without it the guest has no NIC (-nodefaults). */
+  userNet?: UserNet;
 }
 
 /** Builds QEMU's argv (without the binary). Pure: no file system, no environment. */
@@ -106,6 +133,11 @@ export function buildQemuArgs(config: QemuConfig): string[] {
     args.push('-tpmdev', 'emulator,id=tpm0,chardev=chrtpm', '-device', 'tpm-tis,tpmdev=tpm0');
   }
 
+  if (config.userNet) {
+    // romfile= (empty): no iPXE option ROM; the firmware boots from disk or -kernel, never the network.
+    args.push('-netdev', userNetdev(config.userNet), '-device', 'virtio-net-pci,netdev=net0,romfile=');
+  }
+
   if (config.controlSocket) {
     args.push('-device', 'virtio-serial-pci');
     args.push('-chardev', `socket,id=mosctl,path=${config.controlSocket},server=on,wait=off`);
@@ -114,6 +146,26 @@ export function buildQemuArgs(config: QemuConfig): string[] {
 
   assertTcgOnly(args);
   return args;
+}
+
+/** `-netdev`'s value for `userNet`: `user,id=net0[,restrict=on],net=…,host=…,hostfwd=tcp:127.0.0.1:P-:G,…`. */
+export function userNetdev(userNet: UserNet): string {
+  // restrict=on drops the guest's answers to UDP forwards (measured with QEMU 7.2: the datagram
+  // reached the guest's service, its answer never came back; TCP works). Likely cause, not
+  // verified in slirp's source: an answer to 10.0.2.2 looks like the guest contacting the host,
+  // which restrict forbids. With a UDP forward the NIC is unrestricted.
+  const restrict = !userNet.forwards.some((forward) => forward.protocol === 'udp');
+  const parts = ['user', 'id=net0', ...(restrict ? ['restrict=on'] : []), `net=${USER_NET.network}`, `host=${USER_NET.gateway}`];
+  for (const forward of userNet.forwards) {
+    const { protocol, hostPort, guestPort } = forward;
+    const hostAddress = forward.hostAddress ?? '127.0.0.1';
+    if (!/^\d+\.\d+\.\d+\.\d+$/.test(hostAddress)) throw new Error(`host forward address must be IPv4: ${hostAddress}`);
+    for (const port of [hostPort, guestPort]) {
+      if (!Number.isInteger(port) || port < 1 || port > 65535) throw new Error(`host forward port out of range: ${port}`);
+    }
+    parts.push(`hostfwd=${protocol}:${hostAddress}:${hostPort}-:${guestPort}`);
+  }
+  return parts.join(',');
 }
 
 /** Throws unless the argv selects TCG explicitly and nothing that could reach KVM. */

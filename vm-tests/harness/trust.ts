@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { statSync } from 'node:fs';
 import type { CaseContext } from './case.ts';
 import type { StatusJson } from './guest-types.ts';
-import type { Machine } from './machine.ts';
+import type { BootOptions, Machine } from './machine.ts';
 import { Markers, TEST_FLAGS, Timeouts } from './markers.ts';
 import { buildCmdline } from './qemu.ts';
 import { storeFlag, type Store } from './store.ts';
@@ -117,11 +117,21 @@ export function trustLines(vm: Machine, since = 0): string[] {
  */
 export function bootWithStore(
   t: CaseContext,
-  options: { name: string; kind: 'direct' | 'uefi'; store: Store; esp?: string; tpmStateDir?: string; cmdline?: readonly string[]; extraDrives?: readonly ExtraDrive[] },
+  options: {
+    name: string;
+    kind: 'direct' | 'uefi';
+    store: Store;
+    esp?: string;
+    tpmStateDir?: string;
+    cmdline?: readonly string[];
+    extraDrives?: readonly ExtraDrive[];
+    /** A user-mode NIC with host forwards (BootOptions.userNet); the command line must configure it (USER_NET_UPLINK). */
+    userNet?: BootOptions['userNet'];
+  },
 ): Promise<Machine> {
   // The store first: its device node (mos.store=) is the first disk after the ESP.
   const drives = [options.store.drive, ...(options.extraDrives ?? [])];
-  const common = { name: options.name, drives, tpm: true, tpmStateDir: options.tpmStateDir, control: true };
+  const common = { name: options.name, drives, tpm: true, tpmStateDir: options.tpmStateDir, control: true, ...(options.userNet ? { userNet: options.userNet } : {}) };
   if (options.kind === 'uefi') {
     if (!options.esp) throw new Error('a UEFI trust boot needs the ESP of a UKI variant (harness/uki.ts)');
     return t.boot({ ...common, boot: 'uefi', secureBoot: true, esp: options.esp });
