@@ -21,6 +21,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { hostFacts } from './host-facts.mjs';
+import { createQuietWaiter } from './host-quiet.mjs';
 
 const ROOT = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
 const BENCH_DIR = path.join(ROOT, 'bench');
@@ -126,36 +127,10 @@ function toolVersion(command, args, pattern) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Other work on the machine (as bench/run.mjs): the checkout is shared and the host has 2 cores.
+// A quiet machine (see host-quiet.mjs), and other work during each round
 
-function cpuJiffies() {
-  const [, ...fields] = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/);
-  const [user, nice, system, idle, iowait, irq, softirq, steal] = fields.map(Number);
-  const busy = user + nice + system + irq + softirq + steal;
-  return { busy, total: busy + idle + iowait };
-}
-
-const QUIET_BUSY_FRACTION = 0.1;
-const QUIET_MAX_WAIT_MS = 180_000;
-let quietWaitMs = 0;
+const quiet = createQuietWaiter({ log });
 const CLOCK_TICKS = 100;
-
-async function waitForQuiet(what) {
-  let announced = false;
-  for (;;) {
-    const before = cpuJiffies();
-    await sleep(1000);
-    const after = cpuJiffies();
-    const busy = (after.busy - before.busy) / Math.max(1, after.total - before.total);
-    if (busy < QUIET_BUSY_FRACTION || quietWaitMs >= QUIET_MAX_WAIT_MS) {
-      if (busy >= QUIET_BUSY_FRACTION) log(`machine still ${(busy * 100).toFixed(0)} % busy; starting ${what} anyway`);
-      return;
-    }
-    if (!announced) log(`machine ${(busy * 100).toFixed(0)} % busy (other work): waiting before ${what}`);
-    announced = true;
-    quietWaitMs += 1000;
-  }
-}
 
 function processTable() {
   const table = new Map();
@@ -548,7 +523,7 @@ async function main() {
         for (let attempt = 1; ; attempt++) {
           const pair = [];
           for (const name of order) {
-            await waitForQuiet(`${workload.name} ${name} round ${round}`);
+            await quiet.untilQuiet(`${workload.name} ${name} round ${round}`);
             const sample = { workload: workload.name, round, path: name, attempt, ...runWrk(urls[name](workload.file), DURATION_S), conntrack: conntrackCount() };
             pair.push(sample);
             const errors = Object.values(sample.errors).reduce((a, b) => a + b, 0);

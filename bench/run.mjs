@@ -29,6 +29,7 @@ import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { hostFacts } from './host-facts.mjs';
+import { QUIET_BUSY_FRACTION, createQuietWaiter } from './host-quiet.mjs';
 
 const ROOT = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
 const BENCH_DIR = path.join(ROOT, 'bench');
@@ -124,28 +125,10 @@ async function waitFor(predicate, { timeoutMs, intervalMs, what }) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A quiet machine: the checkout is shared, and a busy neighbour (a test run, a VM) on 2 cores
-// would show up as supervisor latency.
+// A quiet machine (see host-quiet.mjs), and other work during each measurement
 
-/** Busy and total jiffies over all CPUs so far, from the first line of /proc/stat. */
-function cpuJiffies() {
-  const [, ...fields] = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/);
-  const [user, nice, system, idle, iowait, irq, softirq, steal] = fields.map(Number);
-  const busy = user + nice + system + irq + softirq + steal;
-  return { busy, total: busy + idle + iowait };
-}
-
-/** Fraction of all CPU time that was busy between two cpuJiffies() readings. */
-function busyFraction(before, after) {
-  const total = after.total - before.total;
-  return total > 0 ? (after.busy - before.busy) / total : 0;
-}
-
-/** Total time spent waiting for quiet over the whole run, and what was measured while busy. */
-let quietWaitMs = 0;
-const measuredWhileBusy = [];
-const QUIET_BUSY_FRACTION = 0.1;
-const QUIET_MAX_WAIT_MS = QUICK ? 15_000 : 180_000;
+/** Waiting for quiet: at most 3 minutes over the whole run (15 s with --quick). */
+const quiet = createQuietWaiter({ log, maxWaitMs: QUICK ? 15_000 : 180_000, verb: 'measuring' });
 /** A measurement during which other work used this share of all CPUs is taken again... */
 const OTHER_WORK_LIMIT = 0.1;
 const MAX_ATTEMPTS = 3;
@@ -192,7 +175,7 @@ function otherCpuShare(before, after) {
  */
 async function measureQuietly(label, measure) {
   for (let attempt = 1; ; attempt++) {
-    await waitForQuiet(label);
+    await quiet.untilQuiet(label);
     const startedMs = Date.now();
     const before = otherCpuSnapshot();
     const result = await measure();
@@ -206,29 +189,6 @@ async function measureQuietly(label, measure) {
     }
     repeatBudgetMs -= Date.now() - startedMs;
     log(`${label}: other work used ${share} of the CPUs meanwhile: measuring again`);
-  }
-}
-
-/**
- * Waits (up to QUIET_MAX_WAIT_MS for the whole run) until the machine is less than 10 % busy
- * over one second. Returns that last busy fraction; measurements then record their own.
- */
-async function waitForQuiet(what) {
-  let announced = false;
-  for (;;) {
-    const before = cpuJiffies();
-    await sleep(1000);
-    const busy = busyFraction(before, cpuJiffies());
-    if (busy < QUIET_BUSY_FRACTION || quietWaitMs >= QUIET_MAX_WAIT_MS) {
-      if (busy >= QUIET_BUSY_FRACTION) {
-        log(`machine still ${(busy * 100).toFixed(0)} % busy; measuring ${what} anyway`);
-        measuredWhileBusy.push(`${what} (${(busy * 100).toFixed(0)} %)`);
-      }
-      return busy;
-    }
-    if (!announced) log(`machine ${(busy * 100).toFixed(0)} % busy (other work): waiting before ${what}`);
-    announced = true;
-    quietWaitMs += 1000;
   }
 }
 
@@ -750,8 +710,8 @@ function buildNotes(results) {
   ];
   notes.push(
     `Quiet check: before each measurement the benchmark waits until the whole machine is < ${QUIET_BUSY_FRACTION * 100} % busy over 1 s ` +
-      `(waited ${(quietWaitMs / 1000).toFixed(0)} s in all); ` +
-      (measuredWhileBusy.length ? `started while still busy: ${measuredWhileBusy.join(', ')}.` : 'every measurement started on a quiet machine.'),
+      `(waited ${(quiet.waitedMs / 1000).toFixed(0)} s in all); ` +
+      (quiet.busyStarts.length ? `started while still busy: ${quiet.busyStarts.join(', ')}.` : 'every measurement started on a quiet machine.'),
     `Other work (processes not started by the benchmark) during each measurement: a measurement is repeated (up to ${MAX_ATTEMPTS} times) ` +
       `when it used ≥ ${OTHER_WORK_LIMIT * 100} % of the CPUs; ` +
       (disturbed.length ? `still disturbed, marked † in the table: ${disturbed.join(', ')}.` : 'no kept measurement was disturbed.'),

@@ -12,9 +12,9 @@ import { createCipheriv, createHash } from 'node:crypto';
 import { closeSync, copyFileSync, existsSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { hostFacts } from './host-facts.mjs';
+import { createQuietWaiter } from './host-quiet.mjs';
 
 const ROOT = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
 const BENCH_DIR = path.join(ROOT, 'bench');
@@ -88,38 +88,10 @@ const median = (values) => {
 const mean = (values) => values.reduce((sum, value) => sum + value, 0) / values.length;
 
 // ---------------------------------------------------------------------------------------------
-// A quiet machine (as bench/run.mjs): the checkout is shared, and other work on 2 cores slows the
-// emulated guest, which measures in real time.
+// A quiet machine (see host-quiet.mjs), and other work during each boot
 
-function cpuJiffies() {
-  const [, ...fields] = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/);
-  const [user, nice, system, idle, iowait, irq, softirq, steal] = fields.map(Number);
-  const busy = user + nice + system + irq + softirq + steal;
-  return { busy, total: busy + idle + iowait };
-}
-
-const QUIET_BUSY_FRACTION = 0.1;
-const QUIET_MAX_WAIT_MS = 180_000;
-let quietWaitMs = 0;
+const quiet = createQuietWaiter({ log });
 let clockTicks = 100;
-
-/** Waits (up to 3 minutes over the whole run) until the CPUs are < 10 % busy over a second. */
-async function waitForQuiet(what) {
-  let announced = false;
-  for (;;) {
-    const before = cpuJiffies();
-    await sleep(1000);
-    const after = cpuJiffies();
-    const busy = (after.busy - before.busy) / Math.max(1, after.total - before.total);
-    if (busy < QUIET_BUSY_FRACTION || quietWaitMs >= QUIET_MAX_WAIT_MS) {
-      if (busy >= QUIET_BUSY_FRACTION) log(`machine still ${(busy * 100).toFixed(0)} % busy; starting ${what} anyway`);
-      return busy;
-    }
-    if (!announced) log(`machine ${(busy * 100).toFixed(0)} % busy (other work): waiting before ${what}`);
-    announced = true;
-    quietWaitMs += 1000;
-  }
-}
 
 /** pid → ppid, and this process's descendants (QEMU, swtpm, …). */
 function ourProcesses() {
@@ -566,7 +538,7 @@ async function main() {
     live: LIVE,
     log: (line) => log(line),
     beforeBoot: async (index) => {
-      const busyBefore = await waitForQuiet(`boot ${index}`);
+      const { busy: busyBefore } = await quiet.untilQuiet(`boot ${index}`);
       return { busyBefore, snapshot: cpuSnapshot() };
     },
     afterMounted: async (_index, before) => ({ busyBefore: before.busyBefore, otherCpu: otherCpuShare(before.snapshot, cpuSnapshot()) }),
