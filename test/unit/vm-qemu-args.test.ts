@@ -1,6 +1,6 @@
 /** The VM harness's QEMU command lines (vm-tests/harness/qemu.ts): pure, so tested here. */
 import { describe, expect, it } from 'vitest';
-import { assertTcgOnly, buildCmdline, buildQemuArgs, type QemuConfig } from '../../vm-tests/harness/qemu.ts';
+import { assertTcgOnly, buildCmdline, buildQemuArgs, USER_NET, USER_NET_UPLINK, userNetdev, type QemuConfig } from '../../vm-tests/harness/qemu.ts';
 import { buildSwtpmArgs } from '../../vm-tests/harness/swtpm.ts';
 import { cleanConsoleText, ConsoleWatcher } from '../../vm-tests/harness/console.ts';
 import { manifestCmdline } from '../../vm-tests/harness/images.ts';
@@ -27,6 +27,7 @@ describe('buildQemuArgs', () => {
     ['direct + tpm + control', { ...direct, tpmSocket: '/w/tpm.sock', controlSocket: '/w/control.sock' }],
     ['uefi secure boot', secureUefi],
     ['uefi plain', { ...secureUefi, boot: { ...(secureUefi.boot as object), secureBoot: false } as QemuConfig['boot'] }],
+    ['direct + user-net NIC', { ...direct, userNet: { forwards: [{ protocol: 'tcp', hostPort: 18080, guestPort: 8080 }] } }],
   ];
 
   it.each(variants)('%s: always -accel tcg, never KVM, one CPU, qemu64+rdrand', (_, config) => {
@@ -97,6 +98,70 @@ describe('buildQemuArgs', () => {
     const args = buildQemuArgs({ ...direct, drives: [{ file: '/w/store.img', serial: 'store', readOnly: true }] });
     expect(values(args, '-drive')).toContain('if=none,id=disk0,format=raw,readonly=on,file=/w/store.img');
     expect(values(args, '-device')).toContain('virtio-blk-pci,drive=disk0,serial=store');
+  });
+});
+
+describe('userNetdev', () => {
+  const tcp = { protocol: 'tcp', hostPort: 18080, guestPort: 8080 } as const;
+  const udp = { protocol: 'udp', hostPort: 15353, guestPort: 53 } as const;
+
+  it('TCP forwards only: restricted, on QEMU user-net\'s fixed network and gateway, each forward on 127.0.0.1', () => {
+    expect(userNetdev({ forwards: [tcp, { protocol: 'tcp', hostPort: 12222, guestPort: 22 }] })).toBe(
+      'user,id=net0,restrict=on,net=10.0.2.0/24,host=10.0.2.2,hostfwd=tcp:127.0.0.1:18080-:8080,hostfwd=tcp:127.0.0.1:12222-:22',
+    );
+  });
+
+  it('no forwards: a restricted NIC the host cannot reach', () => {
+    expect(userNetdev({ forwards: [] })).toBe('user,id=net0,restrict=on,net=10.0.2.0/24,host=10.0.2.2');
+  });
+
+  it('a UDP forward leaves the NIC unrestricted (restrict=on drops the answers), TCP forwards kept', () => {
+    const netdev = userNetdev({ forwards: [tcp, udp] });
+    expect(netdev).toBe('user,id=net0,net=10.0.2.0/24,host=10.0.2.2,hostfwd=tcp:127.0.0.1:18080-:8080,hostfwd=udp:127.0.0.1:15353-:53');
+    expect(netdev).not.toContain('restrict');
+    expect(userNetdev({ forwards: [udp] })).toBe('user,id=net0,net=10.0.2.0/24,host=10.0.2.2,hostfwd=udp:127.0.0.1:15353-:53');
+  });
+
+  it('net= and host= agree with USER_NET and the guest\'s uplink word', () => {
+    const netdev = userNetdev({ forwards: [] });
+    expect(netdev).toContain(`net=${USER_NET.network}`);
+    expect(netdev).toContain(`host=${USER_NET.gateway}`);
+    expect(USER_NET_UPLINK).toBe(`mos.uplink=eth0,${USER_NET.guest}/${USER_NET.prefix},${USER_NET.gateway}`);
+  });
+
+  it('uses an explicit IPv4 host address', () => {
+    expect(userNetdev({ forwards: [{ ...tcp, hostAddress: '0.0.0.0' }] })).toContain('hostfwd=tcp:0.0.0.0:18080-:8080');
+  });
+
+  it.each(['::1', 'localhost', '127.0.0', '', '127.0.0.1,hostfwd=tcp::1-:22'])('refuses the host address %j', (hostAddress) => {
+    expect(() => userNetdev({ forwards: [{ ...tcp, hostAddress }] })).toThrow(/must be IPv4/);
+  });
+
+  it.each([
+    ['host', 0],
+    ['host', 65536],
+    ['host', 80.5],
+    ['host', Number.NaN],
+    ['guest', 0],
+    ['guest', -1],
+    ['guest', 70000],
+  ] as const)('refuses a %s port of %s', (side, port) => {
+    const forward = side === 'host' ? { ...tcp, hostPort: port } : { ...tcp, guestPort: port };
+    expect(() => userNetdev({ forwards: [forward] })).toThrow(/port out of range/);
+  });
+
+  it('accepts the port range\'s ends', () => {
+    expect(userNetdev({ forwards: [{ protocol: 'tcp', hostPort: 1, guestPort: 65535 }] })).toContain('hostfwd=tcp:127.0.0.1:1-:65535');
+  });
+
+  it('buildQemuArgs: the netdev on a virtio-net NIC without an option ROM, and no NIC without userNet', () => {
+    const userNet = { forwards: [tcp, udp] };
+    const args = buildQemuArgs({ ...direct, userNet });
+    expect(values(args, '-netdev')).toEqual([userNetdev(userNet)]);
+    expect(values(args, '-device')).toContain('virtio-net-pci,netdev=net0,romfile=');
+    const plain = buildQemuArgs(direct);
+    expect(plain).not.toContain('-netdev');
+    expect(values(plain, '-device').some((d) => d.startsWith('virtio-net'))).toBe(false);
   });
 });
 
