@@ -97,6 +97,9 @@ export const BINARIES = {
   // defaults compiled in, so no /etc/mke2fs.conf is needed.
   '/usr/sbin/mke2fs': 'e2fsprogs',
   '/usr/sbin/e2fsck': 'e2fsprogs',
+  // Run in each simple network namespace (services/network.ts) so containers can bind ports
+  // below 1024; libc only.
+  '/usr/sbin/sysctl': 'procps',
 };
 /** Kernel config symbols recorded in the manifest (y = built in, m = module). */
 const CONFIG_SYMBOLS = ['VIRTIO_PCI', 'VIRTIO_BLK', 'SQUASHFS', 'EXT4_FS', 'BLK_DEV_LOOP', 'OVERLAY_FS', 'BLK_DEV_DM', 'DM_VERITY', 'TCG_TPM', 'TCG_TIS', 'TCG_CRB', 'EFIVAR_FS', 'DEVTMPFS_MOUNT', 'MODULE_SIG', 'RD_ZSTD'];
@@ -128,7 +131,7 @@ const APT_TOOLS = {
   cpio: 'cpio', zstd: 'zstd', xz: 'xz-utils', objcopy: 'binutils', objdump: 'binutils', strip: 'binutils',
   sbsign: 'sbsigntool', sbverify: 'sbsigntool', 'mkfs.vfat': 'dosfstools', mcopy: 'mtools', depmod: 'kmod',
   crun: 'crun', ip: 'iproute2', nft: 'nftables', openssl: 'openssl', 'dpkg-deb': 'dpkg', faketime: 'faketime',
-  mke2fs: 'e2fsprogs', e2fsck: 'e2fsprogs',
+  mke2fs: 'e2fsprogs', e2fsck: 'e2fsprogs', sysctl: 'procps',
 };
 /** The seccomp template every container's profile is resolved from (services/seccomp.ts). */
 const SECCOMP_TEMPLATE = '/usr/share/containers/seccomp.json';

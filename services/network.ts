@@ -8,6 +8,8 @@
  *   pair links it to the bridge `mos0`; the container's end is `eth0` with the manifest's static
  *   addresses and a default route via the bridge's address in that subnet (the *gateway*, always
  *   the subnet's first address). Outbound traffic is masqueraded to the machine's addresses.
+ *   Inside it, `net.ipv4.ip_unprivileged_port_start` is 0, so the container can bind ports
+ *   below 1024 without CAP_NET_BIND_SERVICE over the namespace (see planService).
  * - Port forwards: every manifest port is forwarded for TCP and UDP by nftables DNAT, for
  *   packets to any of the machine's own addresses: arriving on any interface (prerouting) and
  *   generated on the machine itself (output), including 127.0.0.1 (see `planRuleset`).
@@ -398,6 +400,14 @@ function planService(service: string, type: 'host' | 'none' | 'simple', ipv4: Pl
   const inside = (...argv: string[]) => ip('-n', netns, ...argv);
   const setup: Command[] = [
     ip('netns', 'add', netns),
+    // Ports below 1024 for the container's own users. The namespace belongs to the machine's
+    // user namespace and the container runs in its nsgroup's, so even the container's root holds
+    // no CAP_NET_BIND_SERVICE over it, and under the kernel's default (1024) a web server could
+    // not bind port 80. Docker sets 0 in every container's namespace for the same reason. The
+    // setting is the namespace's own and the container is alone in it, so it opens nothing on the
+    // machine or in another container. Set before anything else can use the namespace.
+    // (`ip netns exec` gives sysctl a /proc/sys/net of that namespace; sysctl is procps'.)
+    ip('netns', 'exec', netns, 'sysctl', '-q', '-w', 'net.ipv4.ip_unprivileged_port_start=0'),
     // The container's end is created directly in its namespace: no temporary name in the
     // machine's namespace that could clash with another interface.
     ip('link', 'add', veth, 'type', 'veth', 'peer', 'name', CONTAINER_INTERFACE, 'address', mac, 'netns', netns),

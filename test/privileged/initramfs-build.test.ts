@@ -94,6 +94,7 @@ describe.skipIf(!isRoot || !distReady)('initramfs build (root)', () => {
       'usr/bin/crun',
       'usr/sbin/ip',
       'usr/sbin/nft',
+      'usr/sbin/sysctl',
       'usr/lib/mos/mos-init.cjs',
       'usr/lib/mos/mos_native.node',
       'usr/lib/mos/mosctl.mjs',

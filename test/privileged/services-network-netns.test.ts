@@ -85,6 +85,23 @@ if (proto === 'tcp') {
 }
 `;
 
+/** Binds a TCP port and prints `bound`, or the error's code (EACCES) when the kernel refuses. */
+const BINDER = `
+const server = require('node:net').createServer();
+server.on('error', (error) => { console.log(error.code); process.exit(1); });
+server.listen({ host: '0.0.0.0', port: Number(process.argv[1]) }, () => { console.log('bound'); server.close(); });
+`;
+
+/**
+ * Tries to bind `port` in `netns` as the root of a new user namespace (`unshare -U -r`): mapped
+ * to root, it still holds no capability over a network namespace of the host's user namespace,
+ * as a container's root in its nsgroup's user namespace holds none over its service namespace.
+ */
+function bindAsNamespacedRoot(netns: string, port: number): string {
+  const result = spawnSync('nsenter', [`--net=/run/netns/${netns}`, 'unshare', '-U', '-r', process.execPath, '-e', BINDER, String(port)], { encoding: 'utf8', env: ENV, timeout: 30_000 });
+  return `${result.stdout.trim()}${result.stderr.trim() ? ` (${result.stderr.trim()})` : ''}`;
+}
+
 /** The answer a real client in `netns` gets from host:port. A bound on waiting, not a measurement. */
 function ask(netns: string, proto: 'tcp' | 'udp', host: string, port: number, patienceMs = 10_000): string {
   const result = spawnSync('nsenter', [`--net=/run/netns/${netns}`, process.execPath, '-e', CLIENT, proto, host, String(port), 'hello', String(patienceMs)], { encoding: 'utf8', env: ENV, timeout: patienceMs + 20_000 });
@@ -230,6 +247,34 @@ describe.skipIf(!isRoot || !hasTools)('simple networks and port forwards in netw
     expect(ask(OUTSIDE, 'tcp', '10.0.3.2', 5000, 1500)).toBe('no answer');
   });
 
+  it('lets the container\'s users bind ports below 1024 in their namespace, and only there', () => {
+    // The setting is the namespace's own: 0 in the services', the kernel's default elsewhere.
+    const portStart = (netns: string) => inNetns(netns, ['cat', '/proc/sys/net/ipv4/ip_unprivileged_port_start']).trim();
+    expect(portStart(web.netns!)).toBe('0');
+    expect(portStart(long.netns!)).toBe('0');
+    expect(portStart(MACHINE)).toBe('1024');
+    expect(bindAsNamespacedRoot(web.netns!, 80)).toBe('bound');
+    expect(bindAsNamespacedRoot(long.netns!, 443)).toBe('bound');
+
+    // Control: a namespace made the same way but without the setting refuses the same process,
+    // while the host's root (who holds the capability over it) may bind there; so the setting
+    // is what lets the container in, not something else in the plan or this host.
+    const bare = `${TAG}bare`;
+    ip('netns', 'add', bare);
+    try {
+      ip('-n', bare, 'link', 'set', 'lo', 'up');
+      expect(portStart(bare)).toBe('1024');
+      expect(bindAsNamespacedRoot(bare, 80)).toBe('EACCES');
+      expect(inNetns(bare, [process.execPath, '-e', BINDER, '80']).trim()).toBe('bound');
+      // ...and the very command the plan runs is what changes that.
+      const setting = web.setup.find((command) => command.argv.includes('net.ipv4.ip_unprivileged_port_start=0'))!;
+      execFileSync(setting.argv[0]!, setting.argv.slice(1).map((arg) => (arg === web.netns ? bare : arg)), { env: ENV, timeout: 30_000 });
+      expect(bindAsNamespacedRoot(bare, 80)).toBe('bound');
+    } finally {
+      ip('netns', 'del', bare);
+    }
+  });
+
   it('keeps the machine\'s loopback closed to containers although route_localnet is on for the bridge', () => {
     // Another namespace on the bridge that routes 127.0.0.0/8 to the machine (a container holds
     // CAP_NET_RAW and could as well craft the packets): without the guard the machine would take
@@ -302,6 +347,17 @@ describe.skipIf(!isRoot || !hasTools)('simple networks and port forwards in netw
       const output = runInContainer(web, '/bin/busybox ip -o addr show dev eth0; /bin/busybox ip route');
       expect(output).toMatch(/eth0 +inet 10\.0\.3\.2\/24/);
       expect(output).toMatch(/default via 10\.0\.3\.1 dev eth0/);
+    });
+
+    it('simple: the container\'s root, an unprivileged id on the host, listens on port 80', () => {
+      // nc either fails at once (bind: Permission denied) or waits for a client; netstat tells.
+      const output = runInContainer(web, '/bin/busybox cat /proc/self/uid_map; /bin/busybox nc -l -p 80 </dev/null & sleep 1; /bin/busybox netstat -ltn; kill $!');
+      expect(output).toMatch(/^ +0 +200000 +65536$/m);
+      expect(output).toMatch(/^tcp +\d+ +\d+ :::80 +:::\* +LISTEN/m);
+      // A none service needs no setting: crun makes its namespace inside the container's user
+      // namespace, whose root holds CAP_NET_BIND_SERVICE over it.
+      const quiet = plan.services.find((service) => service.service === 'quiet')!;
+      expect(runInContainer(quiet, '/bin/busybox cat /proc/sys/net/ipv4/ip_unprivileged_port_start; /bin/busybox nc -l -p 80 </dev/null & sleep 1; /bin/busybox netstat -ltn; kill $!')).toMatch(/^1024\n[\s\S]*^tcp +\d+ +\d+ :::80 +:::\* +LISTEN/m);
     });
   });
 

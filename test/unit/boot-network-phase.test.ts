@@ -46,6 +46,8 @@ describe('networks phase', () => {
     expect(runs[3]!.input).toMatch(/dnat ip to 10\.0\.3\.2:80/);
     expect(commands.slice(4)).toContain('ip netns add mos-web');
     expect(commands.slice(4)).toContain('ip netns add mos-api');
+    // Run through the same runner (argv[0] ip): containers may bind ports below 1024.
+    expect(commands.slice(4)).toContain('ip netns exec mos-web sysctl -q -w net.ipv4.ip_unprivileged_port_start=0');
     expect(commands.some((command) => /tools|quiet/.test(command))).toBe(false);
     expect(sysctls).toContain('/proc/sys/net/ipv4/ip_forward=1');
     expect(lines).toEqual(['mos: networks: bridge mos0; web 10.0.3.2/24, api 10.0.3.3/24; forwards (tcp+udp) 8080→web:80']);
