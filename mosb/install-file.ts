@@ -63,6 +63,8 @@ export function computeInstallFile(manifest: ImportFile, productUuid: string, im
       digest: image.digest,
       storage: target.storage === null ? null : target.storage.map((item) => ({ dest: item.dest, label: item.label })),
       size: image.size,
+      // Written only when set: without limits, install.json keeps project-machine's fields.
+      ...(target.limits !== null ? { limits: { ...(target.limits.memory_max !== undefined ? { memory_max: target.limits.memory_max } : {}), ...(target.limits.pids_max !== undefined ? { pids_max: target.limits.pids_max } : {}) } } : {}),
     };
   });
   return {

@@ -12,6 +12,8 @@
  *   namespace", but has to be written down: forgetting the line must not give host root);
  * - addresses and ports belong to `simple` networks only; target storage must name a declared
  *   volume; service names and volume labels are unique;
+ * - `limits` (mos's extension: cgroup v2 `memory_max` and `pids_max`) belongs to containers only;
+ *   memory is bytes or a binary size (`256MiB`, `1G` = 1 GiB), never the ambiguous `MB`;
  * - `source` is `oci:DIR:TAG` (a local OCI layout). `docker://` needs a registry, and mosb runs
  *   offline: copy the image first (`skopeo copy docker://… oci:DIR:TAG`).
  *
@@ -21,7 +23,7 @@
 import { isIPv4, isIPv6 } from 'node:net';
 import path from 'node:path';
 import { parseAllDocuments } from 'yaml';
-import { DIGEST_PATTERN, INSTALL_FILE_VERSION, type InstallFile, type StorageItem, type TargetNetwork, type TargetStorage } from '../init/trust/formats.ts';
+import { DIGEST_PATTERN, INSTALL_FILE_VERSION, LIMIT_BOUNDS, type InstallFile, type StorageItem, type TargetLimits, type TargetNetwork, type TargetStorage } from '../init/trust/formats.ts';
 import { SERVICE_NAME_PATTERN } from '../init/supervisor/spec.ts';
 import { type ManifestIssue, MosbError } from './errors.ts';
 
@@ -68,6 +70,8 @@ export interface UserTarget {
   nsgroup: string;
   network: TargetNetwork;
   storage: TargetStorage[] | null;
+  /** null: no limits (install.json then has no `limits` field). */
+  limits: TargetLimits | null;
 }
 
 export interface ImportFile {
@@ -91,7 +95,9 @@ const TARGET_FIELDS = [
   'nsgroup',
   'network',
   'storage',
+  'limits',
 ] as const;
+const LIMIT_FIELDS = ['memory_max', 'pids_max'] as const;
 const NETWORK_FIELDS = ['type', 'ipv4', 'ipv6', 'ports'] as const;
 const PORT_FIELDS = ['host', 'container'] as const;
 const TARGET_STORAGE_FIELDS = ['dest', 'label'] as const;
@@ -334,6 +340,12 @@ function readTarget(r: Reader, where: string, value: unknown, labels: ReadonlySe
   let storage: TargetStorage[] | null | undefined = null;
   if (record.storage != null) storage = readTargetStorage(r, at(where, 'storage'), record.storage, labels);
 
+  let limits: TargetLimits | null | undefined = null;
+  if (record.limits != null) {
+    limits = readLimits(r, at(where, 'limits'), record.limits);
+    if (serviceType !== undefined && serviceType !== 'container') r.fail(at(where, 'limits'), `only a container target has limits (this one is ${serviceType})`);
+  }
+
   if (r.issues.length > before) return undefined;
   return {
     service_name: serviceName!,
@@ -345,7 +357,44 @@ function readTarget(r: Reader, where: string, value: unknown, labels: ReadonlySe
     nsgroup: nsgroup!,
     network: network!,
     storage: storage!,
+    limits: limits!,
   };
+}
+
+/** Binary units only: `MB` could mean 10^6 or 2^20, and a memory limit should not be a guess. */
+const MEMORY_UNITS: Record<string, number> = { '': 1, K: 1024, KiB: 1024, M: 1024 ** 2, MiB: 1024 ** 2, G: 1024 ** 3, GiB: 1024 ** 3 };
+
+/** `memory_max`: an integer number of bytes, or `<integer><unit>` with a binary unit (`256MiB`, `1G`). */
+export function parseMemorySize(value: unknown): number | string {
+  if (typeof value === 'number') return Number.isSafeInteger(value) && value > 0 ? value : `expected a positive integer number of bytes, got ${describe(value)}`;
+  if (typeof value !== 'string') return `expected bytes or a size like 256MiB, got ${describe(value)}`;
+  const match = /^([0-9]+) ?([A-Za-z]*)$/.exec(value);
+  const unit = match?.[2] ?? '';
+  if (!match || !(unit in MEMORY_UNITS)) {
+    return `expected bytes or a size like 256MiB (units K/KiB, M/MiB, G/GiB, all powers of 1024), got ${JSON.stringify(value)}`;
+  }
+  const bytes = Number(match[1]) * MEMORY_UNITS[unit]!;
+  return Number.isSafeInteger(bytes) && bytes > 0 ? bytes : `${JSON.stringify(value)} is not a usable number of bytes`;
+}
+
+function readLimits(r: Reader, where: string, value: unknown): TargetLimits | undefined {
+  const before = r.issues.length;
+  const record = r.mapping(where, value, LIMIT_FIELDS);
+  if (!record) return undefined;
+  const limits: TargetLimits = {};
+  if (record.memory_max != null) {
+    const bytes = parseMemorySize(record.memory_max);
+    if (typeof bytes === 'string') r.fail(at(where, 'memory_max'), bytes);
+    else if (bytes < LIMIT_BOUNDS.memoryMin) r.fail(at(where, 'memory_max'), `must be at least 1MiB (${LIMIT_BOUNDS.memoryMin} bytes), got ${bytes} bytes`);
+    else limits.memory_max = bytes;
+  }
+  if (record.pids_max != null) {
+    const pids = r.integer(at(where, 'pids_max'), record.pids_max, 1, LIMIT_BOUNDS.pidsMax, 'an integer number of processes');
+    if (pids !== undefined) limits.pids_max = pids;
+  }
+  if (r.issues.length > before) return undefined;
+  if (limits.memory_max === undefined && limits.pids_max === undefined) return r.fail(where, 'expected memory_max or pids_max (leave limits out for none)');
+  return limits;
 }
 
 function readNetwork(r: Reader, where: string, value: unknown): TargetNetwork | undefined {

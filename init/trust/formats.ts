@@ -89,7 +89,29 @@ export interface InstallTarget {
   storage: TargetStorage[] | null;
   /** Byte size of that image manifest blob. */
   size: number;
+  /**
+   * mos's extension: the container's cgroup v2 limits. Absent when the target sets none, so an
+   * install.json without limits has project-machine's exact fields (and bytes).
+   */
+  limits?: TargetLimits;
 }
+
+/** cgroup v2 limits of a container target: `memory.max` and `pids.max`. At least one is set. */
+export interface TargetLimits {
+  /** Bytes (the kernel rounds down to whole pages). */
+  memory_max?: number;
+  /** Tasks (processes and threads) in the container at once. */
+  pids_max?: number;
+}
+
+/**
+ * The bounds of `TargetLimits`. Under 1 MiB a container cannot even start its runtime's init; the
+ * kernel's pid limit (PID_MAX_LIMIT on 64-bit) is the most pids.max can mean.
+ */
+export const LIMIT_BOUNDS = {
+  memoryMin: 1024 * 1024,
+  pidsMax: 4 * 1024 * 1024,
+} as const;
 
 export interface TargetNetwork {
   type: 'host' | 'none' | 'simple';

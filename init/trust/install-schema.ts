@@ -14,7 +14,9 @@
  *   `checkNetworkConflicts`, which the network planner applies too);
  * - storage labels are unique and not one of the machine's own partitions, a target's storage
  *   names a declared label, and its `dest` is an absolute, normalised path;
- * - sizes are positive integers; digests are `sha256:<64 hex>`.
+ * - sizes are positive integers; digests are `sha256:<64 hex>`;
+ * - `limits` (mos's extension, optional) belongs to container targets only, names at least one of
+ *   `memory_max` (bytes, at least 1 MiB) and `pids_max` (1 to 4194304).
  *
  * It is applied only to bytes whose signature has been verified (verify-install.ts); unknown
  * fields are refused rather than ignored so that a field mos does not understand cannot change
@@ -22,7 +24,7 @@
  */
 import * as v from 'valibot';
 import { checkNetworkConflicts } from '../../services/network.ts';
-import { DIGEST_PATTERN, INSTALL_FILE_VERSION, type InstallFile } from './formats.ts';
+import { DIGEST_PATTERN, INSTALL_FILE_VERSION, LIMIT_BOUNDS, type InstallFile } from './formats.ts';
 
 /** Service names: the supervisor's rule (init/supervisor/spec.ts), so they are path-safe too. */
 export const TARGET_NAME_PATTERN = /^[a-z0-9][a-z0-9_.-]{0,62}$/;
@@ -67,6 +69,18 @@ const TargetStorageSchema = v.strictObject({
   label: v.string(),
 });
 
+const LimitsSchema = v.pipe(
+  v.strictObject({
+    memory_max: v.optional(
+      v.pipe(v.number(), v.integer('expected an integer number of bytes'), v.minValue(LIMIT_BOUNDS.memoryMin, `expected at least ${LIMIT_BOUNDS.memoryMin} bytes (1 MiB)`), v.maxValue(Number.MAX_SAFE_INTEGER)),
+    ),
+    pids_max: v.optional(
+      v.pipe(v.number(), v.integer('expected an integer'), v.minValue(1, 'expected at least 1'), v.maxValue(LIMIT_BOUNDS.pidsMax, `expected at most ${LIMIT_BOUNDS.pidsMax}`)),
+    ),
+  }),
+  v.check((limits) => limits.memory_max !== undefined || limits.pids_max !== undefined, 'expected memory_max or pids_max (leave limits out for none)'),
+);
+
 const TargetSchema = v.strictObject({
   service_name: v.pipe(v.string(), v.regex(TARGET_NAME_PATTERN, 'expected a non-empty name of lowercase letters, digits, "_", "." and "-"')),
   version: v.pipe(nonEmpty('version'), v.check(printable, 'expected no control characters')),
@@ -76,6 +90,7 @@ const TargetSchema = v.strictObject({
   digest: v.pipe(v.string(), v.regex(DIGEST_PATTERN, 'expected sha256:<64 lowercase hex digits>')),
   storage: v.nullable(v.array(TargetStorageSchema)),
   size: PositiveInt,
+  limits: v.optional(LimitsSchema),
 });
 
 export const InstallFileSchema = v.strictObject({
@@ -105,6 +120,8 @@ export function checkInstallFile(file: InstallFile): string[] {
       if (hostfs !== null) problems.push(`${at}.service_type: a second hostfs target (the first is ${hostfs})`);
       hostfs ??= target.service_name;
     }
+    // Only a container gets a cgroup of its own for the limits to apply to.
+    if (target.limits !== undefined && target.service_type !== 'container') problems.push(`${at}.limits: only a container target has limits (this one is ${target.service_type})`);
 
     const dests = new Set<string>();
     (target.storage ?? []).forEach((mount, s) => {

@@ -60,6 +60,23 @@ targets:
     expect(Object.keys(JSON.parse(json).targets[0])).toEqual(['service_name', 'version', 'service_type', 'network', 'nsgroup', 'digest', 'storage', 'size']);
   });
 
+  it('writes limits, in bytes, after project-machine\'s fields, and only for a target that sets them', () => {
+    const file = computeInstallFile(
+      parseManifestYaml(`
+version: 1
+targets:
+  - {service_name: web, source: "oci:w:1", version: "1", service_type: container, nsgroup: web, limits: {memory_max: 64MiB, pids_max: 64}}
+  - {service_name: db, source: "oci:d:1", version: "1", service_type: container, nsgroup: db, limits: {pids_max: 32}}
+`),
+      UUID,
+      images,
+    );
+    const json = serializeInstallFile(file).toString();
+    expect(json).toContain('"storage":null,"size":401,"limits":{"memory_max":67108864,"pids_max":64}}');
+    expect(json).toContain('"size":512,"limits":{"pids_max":32}}');
+    expect(serializeInstallFile(computeInstallFile(manifest(), UUID, images)).toString()).not.toContain('limits');
+  });
+
   it('fills the product from the keyset and refuses a manifest naming another', () => {
     expect(computeInstallFile(manifest(`product: ${UUID}`), UUID, images).product).toBe(UUID);
     expect(() => computeInstallFile(manifest('product: 00000000-0000-0000-0000-000000000000'), UUID, images)).toThrow(

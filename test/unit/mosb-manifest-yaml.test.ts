@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import YAML from 'yaml';
 import { MosbError } from '../../mosb/errors.ts';
-import { parseManifestYaml, parseSource } from '../../mosb/manifest-yaml.ts';
+import { parseManifestYaml, parseMemorySize, parseSource } from '../../mosb/manifest-yaml.ts';
 
 const target = (extra: Record<string, unknown> = {}) => ({
   service_name: 'web',
@@ -45,6 +45,7 @@ describe('parseManifestYaml', () => {
           nsgroup: 'web',
           network: { type: 'none', ipv4: '', ipv6: '', ports: null },
           storage: null,
+          limits: null,
         },
         {
           service_name: 'assets',
@@ -56,6 +57,7 @@ describe('parseManifestYaml', () => {
           nsgroup: '',
           network: { type: 'none', ipv4: '', ipv6: '', ports: null },
           storage: null,
+          limits: null,
         },
       ],
     });
@@ -201,6 +203,31 @@ targets:
   it('checks digest and size pins’ form (their values are checked against the source later)', () => {
     expect(issues(doc({}, [target({ digest: 'sha256:abc' })]))).toEqual(['targets[0].digest: expected sha256:<64 hex digits>, got "sha256:abc"']);
     expect(issues(doc({}, [target({ size: -1 })]))).toEqual([`targets[0].size: must be 1..${Number.MAX_SAFE_INTEGER}, got -1`]);
+  });
+
+  it('reads container limits: memory in bytes or binary units, pids as a count', () => {
+    const limitsOf = (limits: unknown) => parseManifestYaml(doc({}, [target({ limits })])).targets[0]!.limits;
+    expect(limitsOf({ memory_max: '64MiB', pids_max: 64 })).toEqual({ memory_max: 67108864, pids_max: 64 });
+    expect(limitsOf({ memory_max: '1G' })).toEqual({ memory_max: 1073741824 });
+    expect(limitsOf({ memory_max: '2048 K' })).toEqual({ memory_max: 2097152 });
+    expect(limitsOf({ memory_max: 2097152 })).toEqual({ memory_max: 2097152 });
+    expect(limitsOf({ pids_max: 1 })).toEqual({ pids_max: 1 });
+    expect(parseMemorySize('3KiB')).toBe(3072);
+  });
+
+  it('refuses limits that are ambiguous, out of range, empty or on a target that is not a container', () => {
+    const limitIssues = (limits: unknown, extra: Record<string, unknown> = {}) => issues(doc({}, [target({ limits, ...extra })]));
+    expect(limitIssues({ memory_max: '64MB' })).toEqual([
+      'targets[0].limits.memory_max: expected bytes or a size like 256MiB (units K/KiB, M/MiB, G/GiB, all powers of 1024), got "64MB"',
+    ]);
+    expect(limitIssues({ memory_max: '512KiB' })).toEqual(['targets[0].limits.memory_max: must be at least 1MiB (1048576 bytes), got 524288 bytes']);
+    expect(limitIssues({ memory_max: -5 })).toEqual(['targets[0].limits.memory_max: expected a positive integer number of bytes, got number -5']);
+    expect(limitIssues({ memory_max: true })[0]).toMatch(/^targets\[0\]\.limits\.memory_max: expected bytes or a size like 256MiB, got/);
+    expect(limitIssues({ pids_max: 0 })).toEqual(['targets[0].limits.pids_max: must be 1..4194304, got 0']);
+    expect(limitIssues({ pids_max: 5000000 })).toEqual(['targets[0].limits.pids_max: must be 1..4194304, got 5000000']);
+    expect(limitIssues({})).toEqual(['targets[0].limits: expected memory_max or pids_max (leave limits out for none)']);
+    expect(limitIssues({ cpu: 2 })).toEqual(['targets[0].limits.cpu: unknown field (expected one of: memory_max, pids_max)']);
+    expect(limitIssues({ pids_max: 10 }, { service_type: 'fs-only', nsgroup: null })).toEqual(['targets[0].limits: only a container target has limits (this one is fs-only)']);
   });
 
   it('checks storage: MiB sizes, labels, reserved names, and references from targets', () => {

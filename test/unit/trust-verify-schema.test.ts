@@ -97,6 +97,26 @@ describe('install.json schema', () => {
     expect(problems((i) => (i.targets[0].service_type = 'fs-only'))).toEqual(['targets[0] (zot).network: type simple is only for container targets, not fs-only']);
   });
 
+  it('limits (mos\'s extension): optional, container targets only, at least one bound, within range', () => {
+    expect(problems((i) => (i.targets[0].limits = { memory_max: 67108864, pids_max: 64 }))).toEqual([]);
+    expect(problems((i) => (i.targets[0].limits = { pids_max: 1 }))).toEqual([]);
+    expect(problems((i) => (i.targets[0].limits = {}))).toEqual(['targets[0].limits: expected memory_max or pids_max (leave limits out for none)']);
+    expect(problems((i) => (i.targets[0].limits = { memory_max: 1048575 }))).toEqual(['targets[0].limits.memory_max: expected at least 1048576 bytes (1 MiB)']);
+    expect(problems((i) => (i.targets[0].limits = { memory_max: 2500000.5 }))).toEqual(['targets[0].limits.memory_max: expected an integer number of bytes']);
+    expect(problems((i) => (i.targets[0].limits = { pids_max: 0 }))).toEqual(['targets[0].limits.pids_max: expected at least 1']);
+    expect(problems((i) => (i.targets[0].limits = { pids_max: 4194305 }))).toEqual(['targets[0].limits.pids_max: expected at most 4194304']);
+    expect(problems((i) => (i.targets[0].limits = { pids_max: '64' }))[0]).toMatch(/^targets\[0\]\.limits\.pids_max: /);
+    expect(problems((i) => (i.targets[0].limits = { cpu_max: 1 }))).toEqual(['targets[0].limits.cpu_max: unknown field']);
+    expect(problems((i) => (i.targets[0].limits = null))[0]).toMatch(/^targets\[0\]\.limits: /);
+    expect(
+      problems((i) => {
+        i.targets[1].service_type = 'fs-only';
+        i.targets[1].network = { type: 'none', ipv4: '', ipv6: '', ports: null };
+        i.targets[1].limits = { pids_max: 8 };
+      }),
+    ).toEqual(['targets[1] (web).limits: only a container target has limits (this one is fs-only)']);
+  });
+
   it('at most one hostfs target', () => {
     expect(
       problems((i) => {
