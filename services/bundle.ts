@@ -23,6 +23,11 @@ export interface BundleInput {
   /** Path of an existing network namespace to join for 'simple' (e.g. /run/netns/mos-web), or null to create a fresh one. */
   netnsPath: string | null;
   limits: { pids?: number; memoryBytes?: number };
+  /**
+   * `linux.cgroupsPath`: the container's cgroup, relative to the cgroup2 root (crun's cgroupfs
+   * manager makes it, applies `limits` there and removes it). Absent: crun's default.
+   */
+  cgroupsPath?: string;
   /** Bind mounts: e.g. storage volumes, the notify socket. */
   mounts: { source: string; destination: string; readOnly: boolean }[];
   /** If set, NOTIFY_SOCKET is in the env (crun's --notify-socket is a CLI matter, not in config.json). */
@@ -73,6 +78,7 @@ export interface OciConfig {
   linux: {
     uidMappings?: OciIdMapping[];
     gidMappings?: OciIdMapping[];
+    cgroupsPath?: string;
     resources?: { pids?: { limit: number }; memory?: { limit: number } };
     namespaces: OciNamespace[];
     maskedPaths: string[];
@@ -151,7 +157,7 @@ function compareKeys(a: string, b: string): number {
 }
 
 export function planBundleConfig(input: BundleInput): BundlePlanResult {
-  const { name, rootfs, process: proc, idRange, network, netnsPath, limits, mounts, notifySocket } = input;
+  const { name, rootfs, process: proc, idRange, network, netnsPath, limits, cgroupsPath, mounts, notifySocket } = input;
 
   // Names, paths and the process.
   if (name === '' || hasNul(name)) return fail(`invalid service name ${JSON.stringify(name)}`);
@@ -188,7 +194,10 @@ export function planBundleConfig(input: BundleInput): BundlePlanResult {
     if (hasNul(netnsPath) || !netnsPath.startsWith('/')) return fail(`network namespace path must be absolute: ${JSON.stringify(netnsPath)}`);
   }
 
-  // Limits.
+  // Limits, in the container's own cgroup.
+  if (cgroupsPath !== undefined && (hasNul(cgroupsPath) || !isNormalizedAbsolute(cgroupsPath) || cgroupsPath === '/')) {
+    return fail(`cgroups path must be an absolute, normalized path below the cgroup root: ${JSON.stringify(cgroupsPath)}`);
+  }
   const resources: NonNullable<OciConfig['linux']['resources']> = {};
   if (limits.pids !== undefined) {
     if (!Number.isSafeInteger(limits.pids) || limits.pids <= 0) return fail(`pids limit must be a positive integer: ${limits.pids}`);
@@ -254,6 +263,7 @@ export function planBundleConfig(input: BundleInput): BundlePlanResult {
   const mapping: OciIdMapping[] | null = idRange !== null ? [{ containerID: 0, hostID: idRange.hostId, size: idRange.size }] : null;
   const linux: OciConfig['linux'] = {
     ...(mapping !== null ? { uidMappings: mapping, gidMappings: mapping.map((m) => ({ ...m })) } : {}),
+    ...(cgroupsPath !== undefined ? { cgroupsPath } : {}),
     ...(resources.pids !== undefined || resources.memory !== undefined ? { resources } : {}),
     namespaces,
     maskedPaths: [...MASKED_PATHS],

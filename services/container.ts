@@ -12,6 +12,20 @@ import { planBundleConfig, type OciConfig } from './bundle.ts';
 import { crunContainerId, planCrunRun, type CrunCgroupManager } from './crun.ts';
 import type { IdRange } from './idmap.ts';
 
+/**
+ * Every container's cgroup is `<CONTAINER_CGROUP_PARENT>/<name>` below the cgroup2 root, where
+ * mos enables the memory and pids controllers (init/boot/container-phase.ts) and reads usage.
+ */
+export const CONTAINER_CGROUP_PARENT = '/mos';
+/** Where the guest mounts cgroup2 (init/boot/mounts.ts). */
+export const CGROUP2_ROOT = '/sys/fs/cgroup';
+
+/** A container's cgroup v2 limits (the install target's `limits`). */
+export interface ContainerLimits {
+  memoryBytes?: number;
+  pids?: number;
+}
+
 /** Where mos's notify socket appears inside a container (`$NOTIFY_SOCKET`). */
 export const NOTIFY_SOCKET_IN_CONTAINER = '/run/mos/notify';
 
@@ -38,6 +52,8 @@ export interface ContainerInput {
   notifySocket: string | null;
   /** The sd_notify watchdog interval; 0: none. */
   watchdogMs: number;
+  /** cgroup v2 limits; only the cgroupfs manager can enforce them (planContainer refuses otherwise). */
+  limits: ContainerLimits;
   /** Where bundles (`<bundlesDir>/<name>`) and crun's state and pid files go. */
   dirs: { bundlesDir: string; crunStateRoot: string };
   crun: { path: string; cgroupManager: CrunCgroupManager; noPivot: boolean };
@@ -52,7 +68,7 @@ export type ContainerPlan =
       config: OciConfig;
       /** crun's argv: the service's program (argv[0] absolute). */
       argv: string[];
-      run: { id: string; stateRoot: string; pidFile: string };
+      run: { id: string; stateRoot: string; pidFile: string; cgroupDir?: string; limits?: ContainerLimits };
     }
   | { ok: false; message: string };
 
@@ -63,6 +79,13 @@ export function planContainer(input: ContainerInput): ContainerPlan {
   } catch (error) {
     return { ok: false, message: (error as Error).message };
   }
+  const limited = input.limits.memoryBytes !== undefined || input.limits.pids !== undefined;
+  // With cgroups disabled crun would start the container without its limits: refuse instead of
+  // running it looser than its signed manifest says.
+  if (limited && input.crun.cgroupManager !== 'cgroupfs') {
+    return { ok: false, message: `container ${input.name}: its limits need crun's cgroupfs manager, and this machine runs crun with cgroups ${input.crun.cgroupManager}` };
+  }
+  const cgroupsPath = posix.join(CONTAINER_CGROUP_PARENT, input.name);
   const env: Record<string, string> = { ...input.process.env };
   if (input.notifySocket !== null && input.watchdogMs > 0) {
     env.WATCHDOG_USEC = String(input.watchdogMs * 1000);
@@ -76,7 +99,8 @@ export function planContainer(input: ContainerInput): ContainerPlan {
     idRange: input.idRange,
     network: input.network.type,
     netnsPath: input.network.netnsPath,
-    limits: {},
+    limits: input.limits,
+    cgroupsPath,
     mounts: input.notifySocket !== null ? [{ source: input.notifySocket, destination: NOTIFY_SOCKET_IN_CONTAINER, readOnly: false }] : [],
     notifySocket: input.notifySocket !== null ? NOTIFY_SOCKET_IN_CONTAINER : null,
   });
@@ -103,7 +127,13 @@ export function planContainer(input: ContainerInput): ContainerPlan {
     bundleDir,
     config,
     argv: command.command.argv,
-    run: { id, stateRoot: input.dirs.crunStateRoot, pidFile },
+    run: {
+      id,
+      stateRoot: input.dirs.crunStateRoot,
+      pidFile,
+      ...(input.crun.cgroupManager === 'cgroupfs' ? { cgroupDir: posix.join(CGROUP2_ROOT, cgroupsPath) } : {}),
+      ...(limited ? { limits: { ...input.limits } } : {}),
+    },
   };
 }
 

@@ -76,6 +76,10 @@ export interface ContainerRun {
   stateRoot: string;
   /** Where crun writes the container init's host pid (`--pid-file`), before the program runs. */
   pidFile: string;
+  /** The container's cgroup directory on the host, when crun manages one (its usage is read there). */
+  cgroupDir?: string;
+  /** The cgroup v2 limits crun applies there (`mosctl status` shows them). */
+  limits?: { memoryBytes?: number; pids?: number };
 }
 
 export type ServiceState =
@@ -135,4 +139,11 @@ export interface ServiceStatus {
   watchdogMs: number;
   /** The spec's warnings, e.g. a container running with the host's ids (nsgroup none). */
   warnings: string[];
+  /** A container's cgroup v2 limits, when its install target sets them. */
+  limits?: { memoryBytes?: number; pids?: number };
+  /**
+   * What a running container uses now (read from its cgroup when the status is asked for; PID 1
+   * only). Absent for plain processes and when there is nothing to read.
+   */
+  usage?: { memoryBytes: number | null; pids: number | null; oomKills: number | null };
 }

@@ -55,6 +55,7 @@ describe.skipIf(!isRoot || !hasTools)('a container service\'s sd_notify under cr
         network: { type: 'none', netnsPath: null },
         notifySocket: socketPath,
         watchdogMs: 3000,
+        limits: {},
         dirs: { bundlesDir: path.join(work, 'bundles'), crunStateRoot: path.join(work, 'crun') },
         crun: { path: '/usr/bin/crun', cgroupManager: 'disabled', noPivot: false },
       });
