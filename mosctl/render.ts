@@ -134,6 +134,44 @@ function describeReadiness(status: ServiceStatus): string {
   return status.state === 'starting' ? `${status.readiness} (waiting)` : status.readiness;
 }
 
+/** Bytes in binary units, as memory limits are written (`64 MiB`, `1.5 GiB`, `512 B`). */
+export function formatBytes(bytes: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  const digits = unit === 0 || Number.isInteger(value) ? 0 : value < 10 ? 1 : 0;
+  return `${value.toFixed(digits)} ${units[unit]}`;
+}
+
+/**
+ * A container's cgroup facts: what it uses of each limit (`12.3 MiB of 64 MiB`), the limit alone
+ * when it is not running, the use alone when it has no limit; OOM kills stand out.
+ */
+export function describeResources(status: ServiceStatus, options: RenderOptions = PLAIN): [string, string][] {
+  const facts: [string, string][] = [];
+  const limits = status.limits ?? {};
+  const usage = status.usage;
+  const memory = usage?.memoryBytes ?? null;
+  if (memory !== null || limits.memoryBytes !== undefined) {
+    const used = memory === null ? null : formatBytes(memory);
+    const limit = limits.memoryBytes === undefined ? null : formatBytes(limits.memoryBytes);
+    let text = used !== null && limit !== null ? `${used} of ${limit}` : used ?? `limit ${limit}`;
+    const kills = usage?.oomKills ?? 0;
+    if (kills > 0) text += `; ${paint(`${kills} OOM kill${kills === 1 ? '' : 's'}`, 'bad', options)}`;
+    facts.push(['Memory', text]);
+  }
+  const pids = usage?.pids ?? null;
+  if (pids !== null || limits.pids !== undefined) {
+    const text = pids !== null && limits.pids !== undefined ? `${pids} of ${limits.pids}` : pids !== null ? String(pids) : `limit ${limits.pids}`;
+    facts.push(['Tasks', text]);
+  }
+  return facts;
+}
+
 /** In the spirit of `systemctl status`: a headline, labelled facts, then the latest log lines. */
 export function renderStatus(
   status: ServiceStatus,
@@ -160,6 +198,7 @@ export function renderStatus(
   if (status.statusText !== null) facts.push(['Status', JSON.stringify(status.statusText)]);
   const reason = describeReason(status);
   if (reason !== null) facts.push(['Reason', paint(reason, tone === 'bad' ? 'bad' : 'quiet', options)]);
+  facts.push(...describeResources(status, options));
   for (const warning of status.warnings ?? []) facts.push(['Warning', paint(warning, 'bad', options)]);
 
   const labelWidth = Math.max(...facts.map(([label]) => label.length));

@@ -42,7 +42,7 @@ import { ServiceLogStore, logPipe } from '../log/service-log-store.ts';
 import { removeStaleSocket } from '../stale-socket.ts';
 import { loadServiceFile } from '../supervisor/spec.ts';
 import { Supervisor } from '../supervisor/supervisor.ts';
-import type { ContainerRun, ServiceSpec } from '../supervisor/types.ts';
+import type { ContainerRun, ServiceSpec, ServiceStatus } from '../supervisor/types.ts';
 import { parseCmdline, readMosCmdline, type MosCmdline } from './cmdline.ts';
 import { ConsoleSink } from './console.ts';
 import { EmergencyState, describeError, guardProcessExit, injectUncaughtException, testCrashPoint } from './emergency.ts';
@@ -82,6 +82,7 @@ import { corruptionAfterRun, releaseTargets, runStoragePhase, TargetResources, u
 import { asFailure, readEmbeddedCa, runTrustPhase } from './trust-phase.ts';
 import { runNsgroupPhase } from './nsgroup-phase.ts';
 import { prepareContainers } from './container-phase.ts';
+import { readCgroupUsage } from '../../services/cgroup-usage.ts';
 import { CRUN_PATH, type CrunCgroupManager } from '../../services/crun.ts';
 import { planDefaultSeccomp, seccompArchOf, SECCOMP_TEMPLATE_PATH } from '../../services/seccomp.ts';
 import { readBundleProcess, resolveExecTarget } from '../control/exec-target.ts';
@@ -418,10 +419,27 @@ export function runPid1(options: Pid1Options): Pid1Handle {
     shutdown: shutdownState,
   });
 
+  /**
+   * A running container's status carries what it uses of its cgroup. The files are kernfs
+   * counters (no disk behind them), so reading them here does not hold PID 1 up.
+   */
+  const withUsage = (status: ServiceStatus): ServiceStatus => {
+    const cgroupDir = containerRuns.get(status.name)?.cgroupDir;
+    if (cgroupDir === undefined || status.pid === null) return status;
+    const usage = readCgroupUsage(cgroupDir, (file) => {
+      try {
+        return readFileSync(file, 'utf8');
+      } catch {
+        return null;
+      }
+    });
+    return usage === null ? status : { ...status, usage };
+  };
+
   const api: SupervisorApi = {
     info: () => ({ ...supervisor.info(), configPath, boot: timeline(), trust: trustState }),
-    list: () => supervisor.list(),
-    status: (name) => supervisor.status(name),
+    list: () => supervisor.list().map(withUsage),
+    status: (name) => withUsage(supervisor.status(name)),
     start: (name) => supervisor.start(name),
     stop: (name) => supervisor.stop(name),
     restart: (name) => supervisor.restart(name),

@@ -93,6 +93,7 @@ export function initialRuntime(spec: ServiceSpec, wallNow: number): ServiceRunti
     nextStartAt: null,
     watchdogMs: spec.watchdogMs,
     warnings: spec.warnings ?? [],
+    ...(spec.container?.limits !== undefined ? { limits: { ...spec.container.limits } } : {}),
     recentStarts: [],
     stopCause: null,
     killedAtDeadline: false,

@@ -4,6 +4,8 @@ import type { SupervisorInfo } from '../../init/control/api.ts';
 import type { LogLine } from '../../init/log/types.ts';
 import type { ServiceStatus } from '../../init/supervisor/types.ts';
 import {
+  describeResources,
+  formatBytes,
   formatDuration,
   formatTimestamp,
   renderInfo,
@@ -91,6 +93,30 @@ describe('renderList', () => {
     const hostIds = makeStatus({ name: 'tools', state: 'running', pid: 7, warnings: ['nsgroup "none": runs with the host\'s user ids'] });
     expect(renderList([hostIds], NOW).split('\n').at(-1)).toBe('! tools: nsgroup "none": runs with the host\'s user ids');
     expect(renderStatus(hostIds, [], NOW)).toMatch(/Warning: nsgroup "none": runs with the host's user ids/);
+  });
+});
+
+describe('resources of a container', () => {
+  const limited = { limits: { memoryBytes: 64 * 1024 * 1024, pids: 64 } };
+  it('shows use against each limit, with OOM kills standing out', () => {
+    const text = renderStatus(status({ ...limited, state: 'running', pid: 7, usage: { memoryBytes: 12_900_000, pids: 3, oomKills: 1 } }), [], NOW);
+    expect(text).toMatch(/ Memory: 12 MiB of 64 MiB; 1 OOM kill\n/);
+    expect(text).toMatch(/ Tasks: 3 of 64(\n|$)/);
+    const colored = describeResources(status({ ...limited, usage: { memoryBytes: 1024, pids: 1, oomKills: 2 } }), { color: true });
+    expect(colored[0]).toEqual(['Memory', '1 KiB of 64 MiB; \x1b[1;31m2 OOM kills\x1b[0m']);
+  });
+
+  it('the limits alone when not running, the use alone without limits, nothing for a plain process', () => {
+    expect(describeResources(status(limited))).toEqual([
+      ['Memory', 'limit 64 MiB'],
+      ['Tasks', 'limit 64'],
+    ]);
+    expect(describeResources(status({ usage: { memoryBytes: 3 * 1024 * 1024 * 1024 / 2, pids: null, oomKills: 0 } }))).toEqual([['Memory', '1.5 GiB']]);
+    expect(describeResources(status({}))).toEqual([]);
+  });
+
+  it('formats bytes in binary units', () => {
+    expect([0, 512, 1024, 1536, 64 * 1024 * 1024, 100.4 * 1024 * 1024, 5 * 1024 ** 4].map(formatBytes)).toEqual(['0 B', '512 B', '1 KiB', '1.5 KiB', '64 MiB', '100 MiB', '5 TiB']);
   });
 });
 

@@ -301,3 +301,18 @@ describe('service state machine', () => {
     expect(d.runtime).toMatchObject({ state: 'failed', errorCode: 'E_VERITY_LAYOUT', reason: 'image web: no verity superblock' });
   });
 });
+
+describe('status of a container', () => {
+  it('carries its cgroup limits and its warnings from the spec', () => {
+    // As the container phase makes it (config files cannot name these).
+    const spec: ServiceSpec = {
+      ...makeSpec({ name: 'web' }),
+      warnings: ['not idmapped'],
+      container: { id: 'mos-web', stateRoot: '/run/mos/crun', pidFile: '/run/mos/bundles/web/init.pid', cgroupDir: '/sys/fs/cgroup/mos/web', limits: { memoryBytes: 67108864, pids: 64 } },
+    };
+    const runtime = initialRuntime(spec, 0);
+    expect(runtime.limits).toEqual({ memoryBytes: 67108864, pids: 64 });
+    expect(runtime.warnings).toEqual(['not idmapped']);
+    expect(initialRuntime(makeSpec({ name: 'plain' }), 0).limits).toBeUndefined();
+  });
+});
