@@ -7,8 +7,9 @@
  * clean power-down. Each step prints with its time.
  *
  * The store (published with mosb on the host, signed by the test keyset the image trusts):
- *   web     nsgroup `web`, network simple 10.0.3.2/24, port 8080 on the machine → 8000 in the
+ *   web     nsgroup `web`, network simple 10.0.3.2/24, port 8080 on the machine → 80 in the
  *           container: busybox httpd serving a page it writes at start (its uid map, hostname).
+ *           Limits: memory 64 MiB, 64 tasks (`mosctl status web` shows its use of them).
  *   worker  nsgroup `batch`, network none: says which ids it runs as, then idles.
  *   flaky   nsgroup `batch`, network none: exits with status 3 after 3 s, every run; restarted.
  * The UKI's signed command line names the store and configures the machine's NIC (QEMU
@@ -30,8 +31,10 @@ import type { FixtureTarget } from '../test/helpers/manifest-fixtures.ts';
 
 const bold = (text: string) => (process.stdout.isTTY ? `\x1b[1m${text}\x1b[0m` : text);
 
-/** Port 8080 on the machine → 8000 in web (a container's root cannot bind below 1024 in its simple netns today). */
-const WEB_PORTS = { host: 8080, container: 8000 } as const;
+/** Port 8080 on the machine → 80 in web (mos lets a container bind low ports in its own netns). */
+const WEB_PORTS = { host: 8080, container: 80 } as const;
+/** web's cgroup limits (install.json `limits`). */
+const WEB_LIMITS = { memory_max: 64 * 1024 * 1024, pids_max: 64 } as const;
 
 async function show(vm: Machine, ...args: string[]): Promise<void> {
   const result = await vm.mosctl(...args);
@@ -56,6 +59,7 @@ export function demoTargets(): FixtureTarget[] {
       files: { '/bin/busybox': busybox },
       // The shell is the container's init: it handles TERM so that stopping is quick (docs/crun.md §1).
       entrypoint: ['/bin/busybox', 'sh', '-c', `${page}; ${ids('web')}; trap 'exit 0' TERM; httpd -f -p ${WEB_PORTS.container} -h /dev/shm/www & wait`],
+      extra: { limits: WEB_LIMITS },
     },
     {
       service_name: 'worker',
@@ -108,6 +112,9 @@ const demo = defineCase({
       const page = await httpGetWhenUp(url, 10_000);
       process.stdout.write(`(curl is not installed: Node's http client instead)\nGET ${url} → ${page.status}\n${page.body}`);
     }
+
+    t.step('web in detail: its memory and tasks against its limits');
+    await show(vm, 'status', 'web');
 
     t.step('two nsgroups, two id ranges: what each service says about itself');
     await show(vm, 'logs', '-n', '1', 'web');

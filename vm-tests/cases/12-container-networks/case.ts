@@ -2,11 +2,16 @@
  * Issue 6 in a real guest: container targets under crun, each in its nsgroup's user namespace,
  * one of them on a `simple` network with a port forward, reached from the host.
  *
- *   web     nsgroup `web`, network simple 10.0.3.2/24, ports [{host: 8080, container: 8000}]:
- *           busybox httpd on TCP 8000 serving /www/index.html from its image, and a tiny static UDP
- *           echo (udp-echo.c, built by this case: busybox-static has no UDP server) on UDP 8000
- *           (why not 80: see FORWARD). Its volume `webdata` at /data.
- *   worker  nsgroup `batch`, network none. Its volume `batchdata` at /data.
+ *   web     nsgroup `web`, network simple 10.0.3.2/24, ports [{host: 8080, container: 80}]:
+ *           busybox httpd on TCP 80 serving /www/index.html from its image, and a tiny static UDP
+ *           echo (udp-echo.c, built by this case: busybox-static has no UDP server) on UDP 80: ports
+ *           below 1024, which its root may bind only because mos sets the namespace's
+ *           ip_unprivileged_port_start to 0 (see FORWARD). Its volume `webdata` at /data. Limits
+ *           memory 64 MiB, 64 tasks.
+ *   worker  nsgroup `batch`, network none. Its volume `batchdata` at /data. Limits memory 32 MiB,
+ *           16 tasks, put to the kernel: it starts 40 background sleeps (the fork past 16 tasks is refused)
+ *           and a dd with a 48 MiB buffer (killed by the OOM killer); `mosctl status` from the host
+ *           shows the limits, the tasks in use and the OOM kill.
  *   snoop   nsgroup `batch`, asks for web's volume: refused, E_VOLUME_NSGROUP, never started.
  *
  * The machine has a user-mode NIC (QEMU slirp) configured by `mos.uplink=eth0,10.0.2.15/24,10.0.2.2`;
@@ -57,12 +62,19 @@ const UDP_ECHO_SOURCE = path.join(repoRoot, 'vm-tests', 'cases', '12-container-n
 export const RANGES = { batch: 65536, web: 131072 } as const;
 const RANGE_SIZE = 65536;
 /**
- * The forward: host port on the machine → web's port. The container port is above 1024: root in a
- * container's user namespace has no CAP_NET_BIND_SERVICE over the `simple` netns (mos makes it with
- * `ip netns add`, so the initial user namespace owns it) and the netns keeps the kernel's
- * `net.ipv4.ip_unprivileged_port_start=1024`: binding port 80 there fails with EACCES.
+ * The forward: host port on the machine → web's port. The container port is below 1024 on purpose:
+ * root in a container's user namespace has no CAP_NET_BIND_SERVICE over the `simple` netns (mos
+ * makes it with `ip netns add`, so the initial user namespace owns it), so binding port 80 works
+ * only because mos sets the namespace's `net.ipv4.ip_unprivileged_port_start` to 0 (docs/networks.md).
  */
-export const FORWARD = { host: 8080, container: 8000 } as const;
+export const FORWARD = { host: 8080, container: 80 } as const;
+/** The containers' cgroup limits (install.json `limits`), and what the worker does against its own. */
+export const LIMITS = {
+  web: { memory_max: 64 * 1024 * 1024, pids_max: 64 },
+  worker: { memory_max: 32 * 1024 * 1024, pids_max: 16 },
+} as const;
+const WORKER_SLEEPS = 40;
+const WORKER_DD_BUFFER = '48M';
 export const WEB_ADDRESS = '10.0.3.2';
 export const INDEX_HTML = '<!doctype html>\n<title>mos web</title>\n<h1>hello from the web container</h1>\n';
 
@@ -89,8 +101,12 @@ const PROBE = (who: string) =>
     `echo "${who}: wrote /data/written mode $(stat -c %a /data/written) owner $(stat -c %u:%g /data/written): $(cat /data/written)"`,
   ].join('\n');
 
+/** What a container sees of its own cgroup (its cgroup namespace's root is its cgroup). */
+const CGROUP_PROBE = (who: string) => `echo "${who}: cgroup pids.max $(cat /sys/fs/cgroup/pids.max) memory.max $(cat /sys/fs/cgroup/memory.max)"`;
+
 const WEB_SCRIPT = [
   PROBE('web'),
+  CGROUP_PROBE('web'),
   // The container's init is this shell: it must handle TERM to stop politely (docs/crun.md §1).
   "trap 'exit 0' TERM",
   `/usr/bin/udp-echo ${FORWARD.container} &`,
@@ -99,7 +115,22 @@ const WEB_SCRIPT = [
   'wait',
 ].join('\n');
 
-const WORKER_SCRIPT = [PROBE('worker'), "trap 'exit 0' TERM", 'echo "worker: idle"', 'sleep 1000000 & wait'].join('\n');
+const WORKER_SCRIPT = [
+  PROBE('worker'),
+  CGROUP_PROBE('worker'),
+  // A buffer larger than memory.max: dd touches it all, the memory cgroup's OOM killer ends dd.
+  `dd if=/dev/zero of=/dev/null bs=${WORKER_DD_BUFFER} count=1 2>/dev/null; echo "worker: dd bs=${WORKER_DD_BUFFER} exit $?"`,
+  "trap 'exit 0' TERM",
+  // The idle child first, while there is room for it.
+  'sleep 1000000 &',
+  // More tasks than pids.max: the subshell stops at the first refused fork (ash gives up with
+  // "can't fork"). Until its sleeps end no fork can succeed, so the result is read back with
+  // builtins only; `wait` then reaps the orphaned sleeps (this shell is the container's init).
+  `( i=0; while [ $i -lt ${WORKER_SLEEPS} ]; do sleep 1 >/dev/null 2>&1 & i=$((i+1)); done; echo "all ${WORKER_SLEEPS} started" ) >/dev/shm/forks 2>&1`,
+  `while read -r line; do echo "worker: ${WORKER_SLEEPS} sleeps: $line"; done </dev/shm/forks`,
+  'echo "worker: idle"',
+  'wait',
+].join('\n');
 
 /**
  * A persistent volume as a disk image: ext4 labelled `label` with its root owned by `owner` (as mos's
@@ -159,7 +190,7 @@ export default defineCase({
       // Image files are world-readable (the fixture's tar: u=rwX,go=rX).
       files: { '/bin/busybox': busybox, '/www/index.html': INDEX_HTML, ...(udpEcho ? { '/usr/bin/udp-echo': readFileSync(udpEcho) } : {}) },
       entrypoint: ['/bin/busybox', 'sh', '-c', WEB_SCRIPT],
-      extra: { storage: [{ dest: '/data', label: VOLUMES.web }] },
+      extra: { storage: [{ dest: '/data', label: VOLUMES.web }], limits: LIMITS.web },
     };
     const worker: FixtureTarget = {
       service_name: 'worker',
@@ -167,7 +198,7 @@ export default defineCase({
       network: { type: 'none' },
       files: { '/bin/busybox': busybox },
       entrypoint: ['/bin/busybox', 'sh', '-c', WORKER_SCRIPT],
-      extra: { storage: [{ dest: '/data', label: VOLUMES.batch }] },
+      extra: { storage: [{ dest: '/data', label: VOLUMES.batch }], limits: LIMITS.worker },
     };
     const snoop: FixtureTarget = {
       service_name: 'snoop',
@@ -274,6 +305,21 @@ export default defineCase({
     assert.match(workerText, /worker: wrote \/data\/written mode 600 owner 0:0: worker wrote this\n/);
     const imageOwner = /web: image \/bin\/busybox owned (\d+)\n/.exec(webText)?.[1];
     t.step(`isolated: web maps 0→${RANGES.web}, worker (batch) 0→${RANGES.batch}; a 0600 file of host owner ${RANGES.batch} is EACCES to web's root, one of ${RANGES.web} to worker's, each reads its own; each one's own new 0600 file is its uid 0 (image ${imageOwner === '0' ? 'idmapped: its owners kept inside' : 'not idmapped: its files are nobody\'s inside'})`);
+
+    // cgroup limits: each container sees its own, and the worker's are enforced.
+    assert.match(webText, new RegExp(`web: cgroup pids.max ${LIMITS.web.pids_max} memory.max ${LIMITS.web.memory_max}\\n`));
+    assert.match(workerText, new RegExp(`worker: cgroup pids.max ${LIMITS.worker.pids_max} memory.max ${LIMITS.worker.memory_max}\\n`));
+    assert.match(workerText, new RegExp(`worker: ${WORKER_SLEEPS} sleeps: [^\\n]*can't fork`), 'the fork past pids.max is refused');
+    assert.match(workerText, new RegExp(`worker: dd bs=${WORKER_DD_BUFFER} exit 137\\n`), 'dd over memory.max is killed (SIGKILL: 128+9)');
+    const workerNow = await vm.mosctlJson<ServiceStatus>('status', 'worker');
+    assert.deepEqual(workerNow.limits, { memoryBytes: LIMITS.worker.memory_max, pids: LIMITS.worker.pids_max });
+    assert.ok(workerNow.usage && workerNow.usage.pids !== null && workerNow.usage.pids >= 2 && workerNow.usage.pids <= LIMITS.worker.pids_max, `worker's tasks in use: ${JSON.stringify(workerNow.usage)}`);
+    assert.ok((workerNow.usage?.oomKills ?? 0) >= 1, `worker's OOM kill is counted: ${JSON.stringify(workerNow.usage)}`);
+    const workerStatus = (await vm.mosctl('status', 'worker')).stdout;
+    assert.match(workerStatus, /Memory: [0-9.]+ [KM]i?B of 32 MiB; \d+ OOM kills?\n/);
+    assert.match(workerStatus, /Tasks: \d+ of 16\n/);
+    const resources = workerStatus.split('\n').filter((line) => /^\s*(Memory|Tasks):/.test(line)).map((line) => line.trim());
+    t.step(`limits: web sees pids.max ${LIMITS.web.pids_max}, memory.max ${LIMITS.web.memory_max}; worker's fork past ${LIMITS.worker.pids_max} tasks refused ("can't fork"), its dd over 32 MiB OOM-killed (exit 137); mosctl status worker: ${resources.join('; ')}`);
 
     // The only shared place there could be, a volume, is refused across nsgroups.
     const [, snoopCode] = /mos: storage: snoop: (E_[A-Z_]+): [^\n]*\n/.exec(vm.console.content) ?? [];
