@@ -268,9 +268,10 @@ export function planCrunRun(input: CrunRunInput): CrunPlanResult {
 
 /**
  * `crun exec`: a program in a running container, with crun's stdio (pipes work; §5). It joins
- * the container's namespaces (user, PID, …) and runs as the container's process user unless
- * `user` says otherwise; the exit code passes through (128+n for a signal), and a program that
- * is not found exits 255.
+ * the container's namespaces (user, PID, …). crun 1.8 runs it as 0:0 in / whatever config.json's
+ * `process.user` and `cwd` say, so a caller that wants the service's own user and directory passes
+ * them as `user` and `cwd` (mosctl exec does). The exit code passes through (128+n for a signal),
+ * and a program that is not found exits 255.
  */
 export function planCrunExec(input: CrunExecInput): CrunPlanResult {
   const global = globalArgs(input, input.id);
