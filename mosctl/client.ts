@@ -10,11 +10,19 @@ import {
   ServerMessageSchema,
   type CommandResults,
   type ControlCommand,
+  type ExecExitEvent,
   type ResultOf,
 } from '../init/control/protocol.ts';
 import type { LogLine } from '../init/log/types.ts';
 
 export type LogsCommand = Extract<ControlCommand, { cmd: 'logs' }>;
+export type ExecRunCommand = Extract<ControlCommand, { cmd: 'exec-run' }>;
+
+/** Where a relayed command's output and exit go (`ControlClient.execRun`). */
+export interface ExecRunHandlers {
+  output(stream: 'stdout' | 'stderr', data: Buffer): void;
+  exit(exit: Pick<ExecExitEvent, 'code' | 'signal' | 'status'>): void;
+}
 
 interface Waiter {
   resolve(result: unknown): void;
@@ -29,6 +37,7 @@ export class ControlClient {
   private readonly lines = new LineSplitter();
   private readonly waiters = new Map<number, Waiter>();
   private readonly followers = new Map<number, (line: LogLine) => void>();
+  private readonly execRuns = new Map<number, ExecRunHandlers>();
   // Ids start at 1: 0 marks errors about the whole connection.
   private nextId = CONNECTION_ERROR_ID + 1;
   /** Why the connection ended or can no longer be used; set once. */
@@ -50,6 +59,7 @@ export class ControlClient {
         this.failure ??= new ControlError(ErrorCode.Unreachable, `mos closed the connection at ${path}`);
         this.rejectAll(this.failure);
         this.followers.clear();
+        this.execRuns.clear();
         resolve();
       });
     });
@@ -80,18 +90,52 @@ export class ControlClient {
     await this.send(command, onLine);
   }
 
+  /**
+   * Has mos run a command in a container service and relay it (`exec-run`): `handlers` get its
+   * output, then its exit. Resolves with the run's id (for `execInput`) once it has started;
+   * rejects with mos's refusal. A connection lost meanwhile ends it without an exit (`closed`).
+   */
+  async execRun(command: ExecRunCommand, handlers: ExecRunHandlers): Promise<{ run: number; started: CommandResults['exec-run'] }> {
+    let run = 0;
+    const started = (await this.send(command, undefined, (id) => {
+      run = id;
+      this.execRuns.set(id, handlers);
+    })) as CommandResults['exec-run'];
+    return { run, started };
+  }
+
+  /** Bytes for a relayed command's stdin, or its end; resolves once mos has passed them on. */
+  async execInput(run: number, data: Buffer | null, eof = false): Promise<void> {
+    await this.send({
+      cmd: 'exec-input',
+      run,
+      ...(data !== null ? { data: data.toString('base64') } : {}),
+      ...(eof ? { eof: true as const } : {}),
+    });
+  }
+
+  /** Stops reading from mos (it then holds, and for exec pauses, what it would send) until resumed. */
+  pauseReading(): void {
+    this.socket.pause();
+  }
+
+  resumeReading(): void {
+    this.socket.resume();
+  }
+
   /** Closes the connection at once; a follow stream ends and `closed` settles. */
   close(): void {
     this.failure ??= new ControlError(ErrorCode.Unreachable, 'the connection to mos was closed');
     this.socket.destroy();
   }
 
-  private send(command: ControlCommand, follower?: (line: LogLine) => void): Promise<unknown> {
+  private send(command: ControlCommand, follower?: (line: LogLine) => void, register?: (id: number) => void): Promise<unknown> {
     if (this.failure) return Promise.reject(this.failure);
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.waiters.set(id, { resolve, reject, follower });
       if (follower) this.followers.set(id, follower);
+      register?.(id);
       this.socket.write(`${JSON.stringify({ v: PROTOCOL_VERSION, id, ...command })}\n`);
     });
   }
@@ -110,7 +154,20 @@ export class ControlClient {
     }
     const message = parsed.output;
     if ('event' in message) {
-      this.followers.get(message.id)?.(message.line);
+      switch (message.event) {
+        case 'log':
+          this.followers.get(message.id)?.(message.line);
+          break;
+        case 'exec-output':
+          this.execRuns.get(message.id)?.output(message.stream, Buffer.from(message.data, 'base64'));
+          break;
+        case 'exec-exit': {
+          const handlers = this.execRuns.get(message.id);
+          this.execRuns.delete(message.id);
+          handlers?.exit({ code: message.code, signal: message.signal, status: message.status });
+          break;
+        }
+      }
       return;
     }
     if (message.ok === false && message.id === CONNECTION_ERROR_ID) {
@@ -129,6 +186,7 @@ export class ControlClient {
       waiter.resolve(message.result);
     } else {
       this.followers.delete(message.id);
+      this.execRuns.delete(message.id);
       waiter.reject(new ControlError(message.error.code, message.error.message));
     }
   }

@@ -6,6 +6,10 @@
  * own stdin, stdout and stderr, and exits with the command's status. PID 1 never carries the
  * command's bytes or waits for it.
  *
+ * Where mos is elsewhere (a VM's virtio-serial port, reached through its host's socket), it
+ * answers `E_NOT_LOCAL` instead, and mosctl asks it to run the command (`exec-run`, `runRelayed`):
+ * mos runs crun exec and relays stdin, stdout, stderr and the exit status over the connection.
+ *
  * crun 1.8's behaviour this relies on (docs/crun.md §5): `exec` enters the container's
  * namespaces, user namespace included, with config.json's environment, but as uid 0, gid 0 in `/`
  * whatever config.json's user and cwd (so mosctl passes the service's unless told otherwise); it
@@ -15,11 +19,12 @@
  * crun's stdin.
  */
 import { spawn } from 'node:child_process';
-import { constants as osConstants } from 'node:os';
 import * as v from 'valibot';
 import { ControlError, type ExecTarget } from '../init/control/api.ts';
-import { ErrorCode, ExecTargetSchema } from '../init/control/protocol.ts';
-import { planCrunExec, type CrunCommand } from '../services/crun.ts';
+import { ErrorCode, ExecTargetSchema, MAX_EXEC_CHUNK_BYTES, exitStatus } from '../init/control/protocol.ts';
+import type { ControlClient, ExecRunCommand, ExecRunHandlers } from './client.ts';
+import { planExecCommand } from '../init/control/exec-target.ts';
+import type { CrunCommand } from '../services/crun.ts';
 
 /** What the operator asked for, besides the service. */
 export interface ExecRequest {
@@ -63,21 +68,7 @@ export function parseExecTarget(result: unknown): ExecTarget {
 
 /** The `crun exec` command line for a request against a target, or a `ControlError`. Pure. */
 export function planMosctlExec(target: ExecTarget, request: ExecRequest): CrunCommand {
-  const planned = planCrunExec({
-    crunPath: target.crunPath,
-    stateRoot: target.crunRoot,
-    cgroupManager: target.cgroupManager,
-    id: target.containerId,
-    argv: request.argv,
-    // Any variable makes crun replace the whole environment: the planner merges config.json's.
-    env: request.env,
-    configEnv: target.env,
-    ...(request.cwd !== undefined ? { cwd: request.cwd } : {}),
-    ...(request.user !== undefined ? { user: request.user } : {}),
-    tty: request.tty,
-  });
-  if (!planned.ok) throw new ControlError(ErrorCode.BadRequest, `cannot exec in ${target.service}: ${planned.message}`);
-  return planned.command;
+  return planExecCommand(target, request);
 }
 
 /**
@@ -91,9 +82,99 @@ export function terminalEnv(target: ExecTarget, request: Pick<ExecRequest, 'env'
 
 /** The shell's convention: the exit code, or 128+n for a command killed by signal n. */
 export function exitStatusOf(exit: ChildExit): number {
-  if (exit.code !== null) return exit.code;
-  const number = exit.signal !== null ? osConstants.signals[exit.signal] : undefined;
-  return number !== undefined ? 128 + number : 1;
+  return exitStatus(exit.code, exit.signal);
+}
+
+/** The relayed command's stdio on mosctl's side (tests pass streams of their own). */
+export interface RelayStdio {
+  stdin: NodeJS.ReadableStream;
+  stdout: NodeJS.WritableStream;
+  stderr: NodeJS.WritableStream;
+}
+
+/** What mosctl asks mos to run (`exec-run`, without the version and id). */
+export type RelayRequest = Omit<ExecRunCommand, 'cmd'>;
+
+/**
+ * Has mos run the command and relay it over `client` (`exec-run`), forwarding `stdio.stdin` in
+ * chunks of at most `MAX_EXEC_CHUNK_BYTES`, one at a time (each once mos has passed the last
+ * on), and its end as EOF. Resolves with the command's exit status; rejects with mos's refusal
+ * or with the lost connection (mos then terminates the command).
+ */
+export async function runRelayed(client: ControlClient, request: RelayRequest, stdio: RelayStdio): Promise<number> {
+  let onExit!: (status: number) => void;
+  const exited = new Promise<number>((resolve) => (onExit = resolve));
+  // Output that mosctl's stdout or stderr cannot take yet: stop reading from mos until it can
+  // (mos then pauses the command, docs/control.md), instead of buffering it here.
+  let waitingForDrain = 0;
+  const drained = () => {
+    if (--waitingForDrain === 0) client.resumeReading();
+  };
+  const handlers: ExecRunHandlers = {
+    output: (stream, data) => {
+      const target = stream === 'stdout' ? stdio.stdout : stdio.stderr;
+      if (!target.write(data)) {
+        if (waitingForDrain++ === 0) client.pauseReading();
+        target.once('drain', drained);
+      }
+    },
+    exit: (exit) => onExit(exit.status),
+  };
+  const { run } = await client.execRun({ cmd: 'exec-run', ...request }, handlers);
+  const forwarding = forwardStdin(client, run, stdio.stdin);
+  try {
+    return await Promise.race([
+      exited,
+      client.closed.then(() => {
+        throw new ControlError(ErrorCode.Unreachable, 'lost the connection to mos while the command ran (mos terminates it)');
+      }),
+    ]);
+  } finally {
+    forwarding.stop();
+  }
+}
+
+/** Sends `stdin` to the run until its end (then EOF), the run's end, or `stop()`. */
+function forwardStdin(client: ControlClient, run: number, stdin: NodeJS.ReadableStream): { stop(): void } {
+  let stopped = false;
+  let sending: Promise<void> = Promise.resolve();
+  const send = (data: Buffer | null, eof: boolean) =>
+    client.execInput(run, data, eof).catch(() => {
+      // The command has ended (E_BAD_REQUEST: its exit is on the way) or the connection is
+      // lost (reported by runRelayed): either way nothing more can reach its stdin.
+      stop();
+    });
+  const onData = (chunk: Buffer | string) => {
+    if (stopped) return;
+    const data = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+    stdin.pause();
+    sending = sending.then(async () => {
+      for (let offset = 0; offset < data.length && !stopped; offset += MAX_EXEC_CHUNK_BYTES) {
+        await send(data.subarray(offset, offset + MAX_EXEC_CHUNK_BYTES), false);
+      }
+      if (!stopped) stdin.resume();
+    });
+  };
+  const onEnd = () => {
+    if (stopped) return;
+    sending = sending.then(() => (stopped ? undefined : send(null, true)));
+    detach();
+  };
+  const detach = () => {
+    stdin.off('data', onData);
+    stdin.off('end', onEnd);
+  };
+  const stop = () => {
+    stopped = true;
+    detach();
+    // Paused and without listeners, stdin no longer keeps mosctl's event loop alive.
+    stdin.pause();
+  };
+  stdin.on('data', onData);
+  stdin.once('end', onEnd);
+  // An unreadable stdin is its end, as for a program reading it (and never a crash of mosctl).
+  stdin.on('error', onEnd);
+  return { stop };
 }
 
 /**

@@ -8,7 +8,7 @@ import type { LogLine } from '../init/log/types.ts';
 import type { ServiceStatus } from '../init/supervisor/types.ts';
 import { parsePcrList } from '../init/boot/cmdline.ts';
 import { ControlClient } from './client.ts';
-import { exitStatusOf, parseExecTarget, planMosctlExec, runInherited, terminalEnv, type CommandRunner } from './exec.ts';
+import { exitStatusOf, parseExecTarget, planMosctlExec, runInherited, runRelayed, terminalEnv, type CommandRunner, type RelayStdio } from './exec.ts';
 import {
   renderInfo,
   renderProvision,
@@ -30,6 +30,8 @@ export interface CliIo {
   stdinIsTTY?: boolean;
   /** Runs `exec`'s crun command with mosctl's stdio; default `runInherited`. */
   runCommand?: CommandRunner;
+  /** `exec` relayed by mos (mos is elsewhere): the command's stdio; default mosctl's own. */
+  relayStdio?: RelayStdio;
 }
 
 export const DEFAULT_SOCKET = '/run/mos/control.sock';
@@ -97,6 +99,7 @@ function processIo(): CliIo {
     isTTY: process.stdout.isTTY === true,
     stdinIsTTY: process.stdin.isTTY === true,
     runCommand: runInherited,
+    relayStdio: { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr },
   };
 }
 
@@ -244,6 +247,8 @@ function buildProgram(io: CliIo, setExitCode: (code: number) => void, rawArgv: r
     .addHelpText(
       'after',
       '\nThe command runs through crun on this machine, with this terminal or these pipes as its stdio.\n' +
+        'Where mos is elsewhere (a VM\'s virtio-serial port), mos runs it and relays its stdin, stdout\n' +
+        'and stderr over the connection: no terminal then, and closing the connection ends it.\n' +
         "mosctl exits with the command's status: 128+n when it was killed by signal n, 255 when it\n" +
         "was not found in the container; mosctl's own failures use the exit codes of other commands.",
     )
@@ -255,10 +260,41 @@ function buildProgram(io: CliIo, setExitCode: (code: number) => void, rawArgv: r
       }
       const stdinIsTTY = io.stdinIsTTY ?? process.stdin.isTTY === true;
       if (options.tty === true && !stdinIsTTY) exec.error('--tty needs a terminal on stdin', { exitCode: ExitCode.Usage });
-      // The control connection is closed before the command runs: a long session holds nothing in mos.
-      const target = parseExecTarget(await withClient((client) => client.request({ cmd: 'exec-target', service })));
-      const tty = options.tty ?? (stdinIsTTY && io.isTTY);
       const added = options.env ?? {};
+      const client = await ControlClient.connect(globals().socket);
+      let answer: unknown;
+      try {
+        answer = await client.request({ cmd: 'exec-target', service });
+      } catch (error) {
+        if (!(error instanceof ControlError && error.code === ErrorCode.NotLocal)) {
+          client.close();
+          throw error;
+        }
+        // mos is not on this machine: it runs the command and relays it, on this connection
+        // (a virtio-serial port carries one connection at a time: no reconnecting).
+        try {
+          if (options.tty === true) {
+            exec.error('--tty is not available here: mos is on another machine and relays the command over plain pipes, without a terminal', { exitCode: ExitCode.Usage });
+          }
+          const stdio = io.relayStdio ?? processIo().relayStdio!;
+          setExitCode(
+            await runRelayed(client, {
+              service,
+              argv,
+              env: added,
+              ...(options.workdir !== undefined ? { cwd: options.workdir } : {}),
+              ...(options.user !== undefined ? { user: options.user } : {}),
+            }, stdio),
+          );
+          return;
+        } finally {
+          client.close();
+        }
+      }
+      // The control connection is closed before the command runs: a long session holds nothing in mos.
+      client.close();
+      const target = parseExecTarget(answer);
+      const tty = options.tty ?? (stdinIsTTY && io.isTTY);
       const command = planMosctlExec(target, {
         argv,
         env: { ...terminalEnv(target, { env: added, tty }, process.env.TERM), ...added },

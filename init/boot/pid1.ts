@@ -86,6 +86,7 @@ import { readCgroupUsage } from '../../services/cgroup-usage.ts';
 import { CRUN_PATH, type CrunCgroupManager } from '../../services/crun.ts';
 import { planDefaultSeccomp, seccompArchOf, SECCOMP_TEMPLATE_PATH } from '../../services/seccomp.ts';
 import { readBundleProcess, resolveExecTarget } from '../control/exec-target.ts';
+import { createExecRunner } from '../control/exec-relay.ts';
 import { runMachineLinks, runNetworkPhase, type NetworkPhaseResult } from './network-phase.ts';
 import { runTool } from './run-tool.ts';
 import { nsgroupRoot, type NsgroupRanges } from '../../services/idmap.ts';
@@ -485,6 +486,20 @@ export function runPid1(options: Pid1Options): Pid1Handle {
     },
   };
 
+  /** `mosctl exec`: where a running container service's crun state is. */
+  const execTargetOf = (name: string) => {
+    const status = supervisor.status(name);
+    const run = containerRuns.get(name);
+    return resolveExecTarget({
+      status,
+      container: run
+        ? { id: run.id, stateRoot: run.stateRoot, crunPath: CRUN_PATH, cgroupManager: crunCgroupManager(), process: () => readBundleProcess(path.join(stateDir, 'bundles', name)) }
+        : null,
+    });
+  };
+  /** `mosctl exec` from elsewhere (the virtio-serial port): mos runs crun exec and relays it. */
+  const execRunner = createExecRunner({ native, waitForExit: (pid) => supervisor.waitForExit(pid), execTarget: execTargetOf });
+
   function startControl(): Promise<void> {
     if (control) return Promise.resolve();
     controlStarting ??= (async () => {
@@ -497,16 +512,8 @@ export function runPid1(options: Pid1Options): Pid1Handle {
         allowedUids: [0],
         logger: { info: (message) => log.info({}, message), warn: (message) => log.warn({}, message) },
         // `mosctl exec`: where a running container service's crun state is; mosctl runs crun exec.
-        execTarget: (name) => {
-          const status = supervisor.status(name);
-          const run = containerRuns.get(name);
-          return resolveExecTarget({
-            status,
-            container: run
-              ? { id: run.id, stateRoot: run.stateRoot, crunPath: CRUN_PATH, cgroupManager: crunCgroupManager(), process: () => readBundleProcess(path.join(stateDir, 'bundles', name)) }
-              : null,
-          });
-        },
+        execTarget: execTargetOf,
+        execRunner,
       });
     })().finally(() => {
       controlStarting = null;
@@ -886,6 +893,7 @@ export function runPid1(options: Pid1Options): Pid1Handle {
             api,
             access,
             io: systemPortIo(native),
+            execRunner,
             logger: { info: (message) => log.info({}, message), warn: (message) => log.warn({}, message) },
           });
           controlPort.start();

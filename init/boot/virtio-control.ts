@@ -21,7 +21,7 @@ import { closeSync, constants, existsSync, openSync, readFileSync, readSync, rea
 import path from 'node:path';
 import { Duplex } from 'node:stream';
 import type { Native } from '../../native/types.ts';
-import type { SupervisorApi } from '../control/api.ts';
+import type { ExecRunner, SupervisorApi } from '../control/api.ts';
 import { serveControlStream, type ControlAccess } from '../control/server.ts';
 
 export const CONTROL_PORT_NAME = 'mos.control';
@@ -203,6 +203,8 @@ export interface VirtioControlOptions {
   api: SupervisorApi;
   access: ControlAccess;
   io: PortIo;
+  /** Runs `exec-run` (mosctl exec from the host) when the access is `root`. */
+  execRunner?: ExecRunner;
   logger?: { info(message: string): void; warn(message: string): void };
   /** How often a disconnected port is probed for a host. */
   probeMs?: number;
@@ -264,7 +266,12 @@ export class VirtioControlChannel {
     this.session = session;
     this.sessions++;
     this.options.logger?.info(`control port ${this.options.path}: host connected (${this.options.access})`);
-    serveControlStream(session, this.options.api, { access: this.options.access, logger: this.options.logger, accessHint: 'boot with mos.debug_control=1 to allow changes over the virtio-serial port' });
+    serveControlStream(session, this.options.api, {
+      access: this.options.access,
+      logger: this.options.logger,
+      accessHint: 'boot with mos.debug_control=1 to allow changes over the virtio-serial port',
+      ...(this.options.execRunner ? { execRunner: this.options.execRunner } : {}),
+    });
     if (initial) session.feed(initial);
     this.watch = this.options.io.watchReadable(fd, () => this.onReadable());
   }

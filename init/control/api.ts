@@ -2,6 +2,7 @@ import type { BootTimeline } from '../boot/timeline.ts';
 import type { TrustState } from '../trust/boot-trust.ts';
 import type { LogLine } from '../log/types.ts';
 import type { ServiceStatus } from '../supervisor/types.ts';
+import type { Readable, Writable } from 'node:stream';
 import type { CrunCgroupManager } from '../../services/crun.ts';
 
 /** What `poweroff`, `reboot` and `halt` ask PID 1 to do. */
@@ -56,7 +57,8 @@ export interface ProvisionReport {
  * How to run a command inside a running container service (`mosctl exec`): the answer to
  * `exec-target`. mosctl runs `crun --root=<crunRoot> --cgroup-manager=<cgroupManager> exec …
  * <containerId> CMD…` itself (services/crun.ts `planCrunExec`), on the same machine, with its own
- * stdio, so the command's output and exit status never pass through PID 1.
+ * stdio, so the command's output and exit status never pass through PID 1. (A client elsewhere,
+ * on a stream, gets `E_NOT_LOCAL` and asks mos to run it instead: `exec-run`, `ExecRunner`.)
  */
 export interface ExecTarget {
   service: string;
@@ -93,6 +95,60 @@ export interface ExecTarget {
  * the supervisor knows.
  */
 export type ExecTargetProvider = (service: string) => ExecTarget | Promise<ExecTarget>;
+
+/** What an `exec-run` asks to run in a service's container (the relay; `ExecRunner`). */
+export interface ExecRunSpec {
+  /** The command and its arguments, looked up in the container's PATH. */
+  argv: string[];
+  /** Variables added to (or overriding) config.json's environment. */
+  env: Record<string, string>;
+  /** Where to start; default the service's cwd (config.json's). */
+  cwd?: string;
+  /** Container ids to run as; default the service's user (config.json's). */
+  user?: { uid: number; gid: number };
+}
+
+/** The answer to `exec-run`, sent once the command has started. */
+export interface ExecStarted {
+  service: string;
+  /** crun's container id the command runs in (`mos-<service>`). */
+  containerId: string;
+}
+
+/** How a relayed command's process (crun) ended. */
+export interface ExecSessionExit {
+  code: number | null;
+  signal: string | null;
+}
+
+/**
+ * A started command: its stdio as the parent's ends of its pipes, and its end. The control
+ * server relays the streams over the connection and destroys them when the run is over.
+ */
+export interface ExecSession {
+  containerId: string;
+  /** The command's stdout and stderr (read ends). */
+  stdout: Readable;
+  stderr: Readable;
+  /** The command's stdin (write end); ending it is the command's EOF. */
+  stdin: Writable;
+  /** Settles when crun (and with it the command) has exited; never rejects. */
+  exited: Promise<ExecSessionExit>;
+  /**
+   * Ends the command early (the client left): SIGTERM to crun, which passes it on, then SIGKILL
+   * to crun after a bound. A no-op once it has exited.
+   */
+  terminate(): void;
+}
+
+/**
+ * Runs a command in a running container service on mos's own machine (`exec-run`, the relay for
+ * clients that are elsewhere: a VM's host on the virtio-serial port). Resolves once the command
+ * has started, or rejects with a `ControlError`: `E_UNKNOWN_SERVICE`, `E_NOT_RUNNING`,
+ * `E_NOT_CONTAINER`, `E_BAD_REQUEST` (a cwd or variable crun cannot be given), `E_INTERNAL`.
+ * PID 1's is init/control/exec-relay.ts.
+ */
+export type ExecRunner = (service: string, spec: ExecRunSpec) => Promise<ExecSession>;
 
 /** An error the control API reports with a stable code, e.g. `E_UNKNOWN_SERVICE`. */
 export class ControlError extends Error {

@@ -5,7 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { posix } from 'node:path';
-import type { CrunCgroupManager } from '../../services/crun.ts';
+import { planCrunExec, type CrunCgroupManager, type CrunCommand } from '../../services/crun.ts';
 import type { ServiceState, ServiceStatus } from '../supervisor/types.ts';
 import { ControlError, type ExecTarget } from './api.ts';
 import { ErrorCode } from './protocol.ts';
@@ -65,6 +65,43 @@ export function resolveExecTarget(input: ExecTargetInput): ExecTarget {
     cwd: process.cwd,
     user: { uid: process.user.uid, gid: process.user.gid },
   };
+}
+
+/** What to run against an exec target (`planExecCommand`). */
+export interface ExecCommandRequest {
+  /** The command and its arguments, looked up in the container's PATH. */
+  argv: string[];
+  /** Variables to add to (or override in) config.json's environment. */
+  env: Record<string, string>;
+  /** Where to start; without it crun 1.8 starts in `/`, not in config.json's cwd. */
+  cwd?: string;
+  /** Container ids to run as; without them crun 1.8 runs as 0:0, not as config.json's user. */
+  user?: { uid: number; gid: number };
+  /** A terminal for the command: crun's stdin must then be one. */
+  tty: boolean;
+}
+
+/**
+ * The `crun exec` command line for a request against a target, or a `ControlError`
+ * (`E_BAD_REQUEST`) saying what crun could not be given. Pure. mosctl plans with it when it runs
+ * crun itself, and PID 1 when it relays the command (init/control/exec-relay.ts).
+ */
+export function planExecCommand(target: ExecTarget, request: ExecCommandRequest): CrunCommand {
+  const planned = planCrunExec({
+    crunPath: target.crunPath,
+    stateRoot: target.crunRoot,
+    cgroupManager: target.cgroupManager,
+    id: target.containerId,
+    argv: request.argv,
+    // Any variable makes crun replace the whole environment: the planner merges config.json's.
+    env: request.env,
+    configEnv: target.env,
+    ...(request.cwd !== undefined ? { cwd: request.cwd } : {}),
+    ...(request.user !== undefined ? { user: request.user } : {}),
+    tty: request.tty,
+  });
+  if (!planned.ok) throw new ControlError(ErrorCode.BadRequest, `cannot exec in ${target.service}: ${planned.message}`);
+  return planned.command;
 }
 
 /**

@@ -5,9 +5,24 @@
  * `{v:1, id, ok:false, error:{code, message}}`, in the order the requests arrived. A following
  * `logs` request is answered once and then streams `{v:1, id, event:"log", line}` until the client
  * closes. Errors about the connection itself (a refused peer, an unreadable line) carry `id: 0`.
+ *
+ * Exec relayed by mos (`mosctl exec` where `exec-target` answers `E_NOT_LOCAL`: the client is not
+ * on mos's machine, e.g. a VM's host on the virtio-serial port). Root access only.
+ *   → `{v:1, id, cmd:"exec-run", service, argv:[…], env:{KEY:VALUE}, cwd?, user?:{uid,gid}}`
+ *   ← `{v:1, id, ok:true, result:{service, containerId}}` once the command has started, then,
+ *     with the same id, `{v:1, id, event:"exec-output", stream:"stdout"|"stderr", data:<base64>}`
+ *     (each ≤ 32 KiB raw) and last `{v:1, id, event:"exec-exit", code, signal, status}` after all
+ *     of its output (`status`: the code, or 128+n for signal n).
+ *   → `{v:1, id:<another>, cmd:"exec-input", run:<the exec-run's id>, data?:<base64>, eof?:true}`
+ *   ← `{v:1, id, ok:true, result:null}` once the bytes are on their way to the command's stdin
+ *     (so a client waiting for each answer never makes mos buffer more than a chunk); `eof`
+ *     closes the stdin. An unknown or finished run is `E_BAD_REQUEST`.
+ * Every line stays under `MAX_LINE_BYTES`: stdin and output travel in chunks of at most
+ * `MAX_EXEC_CHUNK_BYTES`. A connection that ends or closes terminates its commands.
  */
+import { constants as osConstants } from 'node:os';
 import * as v from 'valibot';
-import { ControlError, type ExecTarget, type ProvisionReport, type ShutdownAccepted, type SupervisorInfo } from './api.ts';
+import { ControlError, type ExecStarted, type ExecTarget, type ProvisionReport, type ShutdownAccepted, type SupervisorInfo } from './api.ts';
 import type { BootTimeline } from '../boot/timeline.ts';
 import type { LogLine } from '../log/types.ts';
 import type { ServiceStatus } from '../supervisor/types.ts';
@@ -16,6 +31,11 @@ export const PROTOCOL_VERSION = 1;
 
 /** Longest request line the server reads; a longer one is answered `E_BAD_REQUEST` and closed. */
 export const MAX_LINE_BYTES = 64 * 1024;
+
+/** Most bytes of stdin or output one `exec-input` or `exec-output` carries (before base64). */
+export const MAX_EXEC_CHUNK_BYTES = 32 * 1024;
+/** The base64 length of `MAX_EXEC_CHUNK_BYTES`. */
+export const MAX_EXEC_CHUNK_BASE64 = 4 * Math.ceil(MAX_EXEC_CHUNK_BYTES / 3);
 
 /** Most lines one `logs` request may ask for. */
 export const MAX_LOG_LINES = 100_000;
@@ -38,9 +58,14 @@ export const ErrorCode = {
   NotRunning: 'E_NOT_RUNNING',
   /** `exec-target`: the service is a plain host process, with no container namespaces to enter. */
   NotContainer: 'E_NOT_CONTAINER',
+  /**
+   * `exec-target` over a stream (the virtio-serial port): the client is not on mos's machine, so
+   * it cannot run crun itself; mosctl then asks mos to run the command (`exec-run`).
+   */
+  NotLocal: 'E_NOT_LOCAL',
 } as const;
 
-export const COMMANDS = ['info', 'list', 'status', 'logs', 'start', 'stop', 'restart', 'analyze', 'poweroff', 'reboot', 'halt', 'provision', 'exec-target'] as const;
+export const COMMANDS = ['info', 'list', 'status', 'logs', 'start', 'stop', 'restart', 'analyze', 'poweroff', 'reboot', 'halt', 'provision', 'exec-target', 'exec-run', 'exec-input'] as const;
 
 /** Commands that change nothing: what a read-only peer (the virtio-serial port by default) may send. */
 export const READ_ONLY_COMMANDS: ReadonlySet<CommandName> = new Set(['info', 'list', 'status', 'logs', 'analyze']);
@@ -136,6 +161,61 @@ export const ExecTargetRequestSchema = v.strictObject({
   service: ServiceNameSchema,
 });
 
+/** A string crun can pass to execve: no NUL byte. */
+const NoNulSchema = v.pipe(
+  v.string('expected a string'),
+  v.check((text) => !text.includes('\0'), 'contains a NUL byte'),
+);
+const EXEC_ID_MESSAGE = 'expected a container id 0..4294967294';
+const ContainerIdSchema = v.pipe(v.number(EXEC_ID_MESSAGE), v.integer(EXEC_ID_MESSAGE), v.minValue(0, EXEC_ID_MESSAGE), v.maxValue(2 ** 32 - 2, EXEC_ID_MESSAGE));
+const BASE64_PATTERN = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+/** The decoded size of well-formed (padded) base64. */
+const base64Bytes = (data: string) => (data.length / 4) * 3 - (data.endsWith('==') ? 2 : data.endsWith('=') ? 1 : 0);
+
+/**
+ * Runs a command in a running container service, through mos (the relay): mos runs `crun exec`
+ * and streams its output and exit back on this connection. Root access only. `env` is added to
+ * config.json's environment; `cwd` and `user` default to the service's (config.json's).
+ */
+export const ExecRunRequestSchema = v.strictObject({
+  ...envelope,
+  // Its events carry this id: 0 would read as an error about the whole connection.
+  id: v.pipe(RequestIdSchema, v.minValue(1, 'exec-run needs an id above 0')),
+  cmd: v.literal('exec-run'),
+  service: ServiceNameSchema,
+  argv: v.pipe(
+    v.array(NoNulSchema, 'expected the command and its arguments as a list of strings'),
+    v.minLength(1, 'expected a command'),
+    v.check((argv) => argv[0] !== '', 'expected a command name, not an empty string'),
+  ),
+  env: v.record(
+    v.pipe(v.string(), v.regex(/^[^=\0]+$/, 'expected variable names without "=" or NUL')),
+    NoNulSchema,
+    'expected an object of variables',
+  ),
+  cwd: v.optional(v.pipe(NoNulSchema, v.startsWith('/', 'expected an absolute path'))),
+  user: v.optional(v.strictObject({ uid: ContainerIdSchema, gid: ContainerIdSchema }, 'expected {uid, gid}')),
+});
+
+/** Feeds a relayed command's stdin: bytes (base64, at most 32 KiB decoded), its end, or both. */
+export const ExecInputRequestSchema = v.pipe(
+  v.strictObject({
+    ...envelope,
+    cmd: v.literal('exec-input'),
+    run: RequestIdSchema,
+    data: v.optional(
+      v.pipe(
+        v.string('expected base64'),
+        v.maxLength(MAX_EXEC_CHUNK_BASE64, `expected at most ${MAX_EXEC_CHUNK_BYTES} bytes`),
+        v.regex(BASE64_PATTERN, 'expected base64'),
+        v.check((data) => base64Bytes(data) <= MAX_EXEC_CHUNK_BYTES, `expected at most ${MAX_EXEC_CHUNK_BYTES} bytes`),
+      ),
+    ),
+    eof: v.optional(v.literal(true, 'expected true')),
+  }),
+  v.check((input) => input.data !== undefined || input.eof === true, 'expected data or eof'),
+);
+
 export const RequestSchema = v.variant(
   'cmd',
   [
@@ -148,12 +228,16 @@ export const RequestSchema = v.variant(
     ShutdownRequestSchema,
     ProvisionRequestSchema,
     ExecTargetRequestSchema,
+    ExecRunRequestSchema,
+    ExecInputRequestSchema,
   ],
   `expected one of ${COMMANDS.join('|')}`,
 );
 
 export type ControlRequest = v.InferOutput<typeof RequestSchema>;
 export type LogsRequest = v.InferOutput<typeof LogsRequestSchema>;
+export type ExecRunRequest = v.InferOutput<typeof ExecRunRequestSchema>;
+export type ExecInputRequest = v.InferOutput<typeof ExecInputRequestSchema>;
 
 type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
 /** A request as a caller writes it: the client adds the version and the id. */
@@ -175,6 +259,8 @@ export interface CommandResults {
   halt: ShutdownAccepted;
   provision: ProvisionReport;
   'exec-target': ExecTarget;
+  'exec-run': ExecStarted;
+  'exec-input': null;
 }
 export type ResultOf<C extends ControlCommand> = CommandResults[C['cmd']];
 
@@ -196,7 +282,32 @@ export interface LogEvent {
   event: 'log';
   line: LogLine;
 }
-export type ServerMessage = OkResponse | ErrorResponse | LogEvent;
+/** A chunk (≤ `MAX_EXEC_CHUNK_BYTES`, base64) of what a relayed command wrote. */
+export interface ExecOutputEvent {
+  v: typeof PROTOCOL_VERSION;
+  id: number;
+  event: 'exec-output';
+  stream: 'stdout' | 'stderr';
+  data: string;
+}
+/** How a relayed command ended: the last message with its id. */
+export interface ExecExitEvent {
+  v: typeof PROTOCOL_VERSION;
+  id: number;
+  event: 'exec-exit';
+  code: number | null;
+  signal: string | null;
+  /** The shell's convention: `code`, or 128+n for signal n. */
+  status: number;
+}
+export type ServerMessage = OkResponse | ErrorResponse | LogEvent | ExecOutputEvent | ExecExitEvent;
+
+/** The shell's convention: the exit code, or 128+n for a process killed by signal n (else 1). */
+export function exitStatus(code: number | null, signal: string | null): number {
+  if (code !== null) return code;
+  const number = signal !== null && Object.hasOwn(osConstants.signals, signal) ? osConstants.signals[signal as NodeJS.Signals] : undefined;
+  return number !== undefined ? 128 + number : 1;
+}
 
 /**
  * What the client accepts from the server. Results stay `unknown` here: their shape is the
@@ -221,9 +332,22 @@ export const ServerMessageSchema = v.union([
       text: v.string(),
     }),
   }),
+  v.object({
+    v: v.literal(PROTOCOL_VERSION),
+    id: v.number(),
+    event: v.literal('exec-output'),
+    stream: v.picklist(['stdout', 'stderr']),
+    data: v.string(),
+  }),
+  v.object({
+    v: v.literal(PROTOCOL_VERSION),
+    id: v.number(),
+    event: v.literal('exec-exit'),
+    code: v.nullable(v.number()),
+    signal: v.nullable(v.string()),
+    status: v.number(),
+  }),
 ]);
-
-const ExecIdSchema = v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(2 ** 32 - 2));
 
 /**
  * What mosctl accepts as an `exec-target` result before it runs anything with it. The paths and
@@ -237,7 +361,7 @@ export const ExecTargetSchema = v.object({
   cgroupManager: v.picklist(['disabled', 'cgroupfs']),
   env: v.array(v.string()),
   cwd: v.string(),
-  user: v.object({ uid: ExecIdSchema, gid: ExecIdSchema }),
+  user: v.object({ uid: ContainerIdSchema, gid: ContainerIdSchema }),
 });
 
 /** An `E_BAD_REQUEST` that remembers the request's id when the line got far enough to have one. */

@@ -196,9 +196,9 @@ describe('exec-target over a stream (the virtio-serial port)', () => {
     return result;
   }
 
-  it('is refused even with root access: the peer is not on mos\'s machine', async () => {
+  it('is refused even with root access, as E_NOT_LOCAL: the peer is not on mos\'s machine (mosctl then relays)', async () => {
     const answer = await askOverStream('root');
-    expect(answer).toMatchObject({ id: 1, ok: false, error: { code: 'E_UNSUPPORTED' } });
+    expect(answer).toMatchObject({ id: 1, ok: false, error: { code: 'E_NOT_LOCAL' } });
     expect(answer.error.message).toContain("served only on mos's own control socket");
   });
 

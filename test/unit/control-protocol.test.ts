@@ -47,7 +47,7 @@ describe('parseRequest rejects', () => {
     ['not JSON', '{"v":1,', 'not JSON'],
     ['an array', '[1]', 'expected a JSON object'],
     ['null', 'null', 'expected a JSON object'],
-    ['an unknown command', '{"v":1,"id":1,"cmd":"kexec"}', 'cmd: expected one of info|list|status|logs|start|stop|restart|analyze|poweroff|reboot|halt|provision|exec-target'],
+    ['an unknown command', '{"v":1,"id":1,"cmd":"kexec"}', 'cmd: expected one of info|list|status|logs|start|stop|restart|analyze|poweroff|reboot|halt|provision|exec-target|exec-run|exec-input'],
     ['a missing command', '{"v":1,"id":1}', 'cmd: required'],
     ['an unknown field', '{"v":1,"id":1,"cmd":"list","foo":1}', 'unknown field "foo"'],
     ['a missing service', '{"v":1,"id":1,"cmd":"start"}', 'service: required'],
