@@ -2,7 +2,8 @@
  * `npm run demo`: boots the demo machine the way a device boots: OVMF with Secure Boot, a signed
  * UKI from an ESP, a TPM from swtpm, and a signed store of service images on a second disk. Then,
  * from the host: `mosctl status`, the container web service reached with `curl` through QEMU's
- * port forward → the machine's nftables DNAT → the container, the two nsgroups' id maps, a
+ * port forward → the machine's nftables DNAT → the container, `mosctl exec` into it, the two
+ * nsgroups' id maps, a
  * service that crashes on purpose shown recovering, the boot timeline, and `mosctl poweroff` to a
  * clean power-down. Each step prints with its time.
  *
@@ -115,6 +116,9 @@ const demo = defineCase({
 
     t.step('web in detail: its memory and tasks against its limits');
     await show(vm, 'status', 'web');
+
+    t.step('a command inside web\'s container, from the host (mos relays crun exec over the control port)');
+    await show(vm, 'exec', 'web', '--', '/bin/busybox', 'sh', '-c', 'set -- $(cat /proc/self/uid_map); echo "$(hostname): uid $(id -u) = host uid $2; processes in its PID namespace: $(ls /proc | grep -c "^[0-9]")"');
 
     t.step('two nsgroups, two id ranges: what each service says about itself');
     await show(vm, 'logs', '-n', '1', 'web');
