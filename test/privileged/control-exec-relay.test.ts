@@ -16,25 +16,19 @@
  * Nothing here is timed: tests wait for events (a line, an exit, a process gone).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { build } from 'esbuild';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { planBundleConfig } from '../../services/bundle.ts';
-import { crunContainerId, planCrunDelete, planCrunRun, type CrunCommand, type CrunPlanResult } from '../../services/crun.ts';
-import { cleanEnv, repoRoot, waitFor } from '../helpers/host-mos.ts';
+import { crunContainerId } from '../../services/crun.ts';
+import { bundleForNode, bundleMosctl, CRUN, hasCrunTools, makeBusyboxBundle, pidsOf, removeCrunContainer, runCrunContainer, runToEnd } from '../helpers/exec-container.ts';
+import { cleanEnv, isRoot, repoRoot, waitFor } from '../helpers/host-mos.ts';
 
-const isRoot = process.getuid?.() === 0;
-const hasTools = ['/usr/bin/crun', '/bin/busybox', '/usr/bin/unshare'].every((file) => existsSync(file));
 const ADDON = path.join(repoRoot, 'native', 'build', 'Release', 'mos_native.node');
 
-const CRUN = '/usr/bin/crun';
-const ID_RANGE = { hostId: 200000, size: 65536 };
-const NAMESPACE_SCRIPT = '/bin/mount --make-rprivate / && /bin/mount -t cgroup2 none /sys/fs/cgroup && exec "$@"';
+/** Commands in the rootfs besides busybox itself, as busybox links (found through PATH=/bin). */
 const APPLETS = ['sh', 'cat', 'echo', 'env', 'id', 'pwd', 'sleep', 'true', 'kill'];
-const SERVICE_USER = { uid: 70, gid: 71 };
 /** The stand-in's SIGTERM → SIGKILL bound for crun (PID 1's is 5 s). */
 const KILL_AFTER_MS = 1_000;
 
@@ -99,47 +93,6 @@ for (const [socketPath, access] of [[config.rootSocket, 'root'], [config.readOnl
 }
 `;
 
-interface Result {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-}
-
-function command(result: CrunPlanResult): CrunCommand {
-  if (!result.ok) throw new Error(result.message);
-  return result.command;
-}
-
-/** Runs a program to its end, feeding `input` on stdin (or /dev/null), collecting its output. */
-function runToEnd(file: string, args: string[], input?: string): Promise<Result> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(file, args, { env: cleanEnv(), stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout!.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
-    child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-    if (input !== undefined) child.stdin!.end(input);
-    child.on('error', reject);
-    child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr }));
-  });
-}
-
-/** Host pids of processes whose argv is exactly `argv`. */
-function pidsOf(argv: string[]): number[] {
-  const wanted = `${argv.join('\0')}\0`;
-  const pids: number[] = [];
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      if (readFileSync(`/proc/${entry}/cmdline`, 'utf8') === wanted) pids.push(Number(entry));
-    } catch {
-      // Gone meanwhile.
-    }
-  }
-  return pids;
-}
-
 /** A raw protocol client: sends lines, collects every message. */
 class RawClient {
   readonly messages: any[] = [];
@@ -170,7 +123,7 @@ class RawClient {
   }
 }
 
-describe.skipIf(!isRoot || !hasTools || !existsSync(ADDON))('exec relayed by mos into a crun container', () => {
+describe.skipIf(!isRoot || !hasCrunTools || !existsSync(ADDON))('exec relayed by mos into a crun container', () => {
   let work: string;
   let mosctlBundle: string;
   let rootSocket: string;
@@ -179,44 +132,10 @@ describe.skipIf(!isRoot || !hasTools || !existsSync(ADDON))('exec relayed by mos
   let crunRun: ChildProcess | undefined;
   let standIn: ChildProcess | undefined;
   const events: any[] = [];
-  let runOutput = '';
 
-  function makeBundle(name: string, script: string): string {
-    const dir = path.join(work, 'bundles', name);
-    const rootfs = path.join(dir, 'rootfs');
-    for (const sub of ['bin', 'proc', 'dev', 'sys', 'tmp', 'run', 'srv']) mkdirSync(path.join(rootfs, sub), { recursive: true });
-    copyFileSync('/bin/busybox', path.join(rootfs, 'bin', 'busybox'));
-    for (const applet of APPLETS) symlinkSync('busybox', path.join(rootfs, 'bin', applet));
-    const planned = planBundleConfig({
-      name,
-      rootfs,
-      process: { argv: ['/bin/busybox', 'sh', '-c', script], env: { PATH: '/bin', FROM_CONFIG: 'yes' }, cwd: '/srv', uid: SERVICE_USER.uid, gid: SERVICE_USER.gid },
-      idRange: ID_RANGE,
-      network: 'none',
-      netnsPath: null,
-      limits: { pids: 64 },
-      mounts: [],
-      notifySocket: null,
-    });
-    if (!planned.ok) throw new Error(planned.message);
-    writeFileSync(path.join(dir, 'config.json'), JSON.stringify(planned.config, null, 2));
-    return dir;
-  }
+  const makeBundle = (name: string, script: string) => makeBusyboxBundle({ work, name, script, applets: APPLETS });
 
   const mosctl = (args: string[], input?: string, socketPath = rootSocket) => runToEnd(process.execPath, [mosctlBundle, '--socket', socketPath, ...args], input);
-
-  async function bundle(outfile: string, options: { entryPoints: string[] } | { stdin: { contents: string; resolveDir: string; loader: 'ts' } }): Promise<void> {
-    await build({
-      ...options,
-      outfile,
-      bundle: true,
-      platform: 'node',
-      format: 'esm',
-      target: 'node20',
-      banner: { js: "import { createRequire as __mosCreateRequire } from 'node:module';\nconst require = __mosCreateRequire(import.meta.url);" },
-      logLevel: 'warning',
-    });
-  }
 
   beforeAll(async () => {
     work = mkdtempSync(path.join(os.tmpdir(), 'mos-exec-relay-'));
@@ -226,20 +145,15 @@ describe.skipIf(!isRoot || !hasTools || !existsSync(ADDON))('exec relayed by mos
     readOnlySocket = path.join(work, 'read-only.sock');
 
     mosctlBundle = path.join(work, 'mosctl.mjs');
-    await bundle(mosctlBundle, { entryPoints: [path.join(repoRoot, 'mosctl', 'cli.ts')] });
+    await bundleMosctl(mosctlBundle);
     const standInBundle = path.join(work, 'stand-in.mjs');
-    await bundle(standInBundle, { stdin: { contents: STAND_IN, resolveDir: repoRoot, loader: 'ts' } });
+    await bundleForNode(standInBundle, { stdin: { contents: STAND_IN, resolveDir: repoRoot, loader: 'ts' } });
 
     // The container service `app`: running, its init printing `up` and sleeping.
     const bundleDir = makeBundle('app', 'echo up; exec /bin/busybox sleep 100000');
-    const run = command(planCrunRun({ crunPath: CRUN, stateRoot, cgroupManager: 'disabled', bundleDir, id: crunContainerId('app'), pidFile: path.join(work, 'app.pid') }));
-    crunRun = spawn('/usr/bin/unshare', ['-m', '/bin/sh', '-c', NAMESPACE_SCRIPT, 'sh', ...run.argv], { env: {}, stdio: ['ignore', 'pipe', 'pipe'] });
-    crunRun.stdout!.setEncoding('utf8').on('data', (chunk: string) => (runOutput += chunk));
-    crunRun.stderr!.setEncoding('utf8').on('data', (chunk: string) => (runOutput += chunk));
-    let exited = false;
-    crunRun.on('exit', () => (exited = true));
-    await waitFor(() => runOutput.includes('up\n') || exited, 30_000, () => `the container to start: ${JSON.stringify(runOutput)}`);
-    if (exited) throw new Error(`crun run ended: ${runOutput}`);
+    const container = runCrunContainer({ stateRoot, bundleDir, id: crunContainerId('app'), pidFile: path.join(work, 'app.pid') });
+    crunRun = container.child;
+    await container.started;
 
     const config = {
       rootSocket,
@@ -265,8 +179,7 @@ describe.skipIf(!isRoot || !hasTools || !existsSync(ADDON))('exec relayed by mos
 
   afterAll(async () => {
     standIn?.kill('SIGKILL');
-    if (stateRoot) await runToEnd(CRUN, command(planCrunDelete({ crunPath: CRUN, stateRoot, cgroupManager: 'disabled', id: crunContainerId('app'), force: true })).argv.slice(1));
-    if (crunRun && crunRun.exitCode === null && crunRun.signalCode === null) crunRun.kill('SIGKILL');
+    if (stateRoot) await removeCrunContainer({ stateRoot, id: crunContainerId('app'), child: crunRun });
     if (work) rmSync(work, { recursive: true, force: true });
   });
 

@@ -12,95 +12,40 @@
  *
  * Nothing here is timed: tests wait for events (a line, a file, an exit) with generous limits.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import type { ChildProcess } from 'node:child_process';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { build } from 'esbuild';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ControlError, type SupervisorApi } from '../../init/control/api.ts';
 import { readBundleProcess, resolveExecTarget, type ExecContainer } from '../../init/control/exec-target.ts';
 import { startControlServer, type ControlServer } from '../../init/control/server.ts';
 import type { ServiceStatus } from '../../init/supervisor/types.ts';
 import { loadNative } from '../../native/index.ts';
-import { planBundleConfig } from '../../services/bundle.ts';
-import { crunContainerId, parseCrunPidFile, planCrunDelete, planCrunRun, type CrunCommand, type CrunPlanResult } from '../../services/crun.ts';
-import { cleanEnv, repoRoot, waitFor } from '../helpers/host-mos.ts';
+import { crunContainerId, parseCrunPidFile } from '../../services/crun.ts';
+import { bundleMosctl, CRUN, hasCrunTools, makeBusyboxBundle, removeCrunContainer, runCrunContainer, runToEnd } from '../helpers/exec-container.ts';
+import { isRoot, waitFor } from '../helpers/host-mos.ts';
 import { makeStatus } from '../helpers/specs.ts';
 
-const isRoot = process.getuid?.() === 0;
-const hasTools = ['/usr/bin/crun', '/bin/busybox', '/usr/bin/unshare'].every((file) => existsSync(file));
 const hasScript = existsSync('/usr/bin/script');
 
-const CRUN = '/usr/bin/crun';
-const ID_RANGE = { hostId: 200000, size: 65536 };
-const NAMESPACE_SCRIPT = '/bin/mount --make-rprivate / && /bin/mount -t cgroup2 none /sys/fs/cgroup && exec "$@"';
 /** Commands in the rootfs besides busybox itself, as busybox links (found through PATH=/bin). */
 const APPLETS = ['sh', 'cat', 'echo', 'env', 'id', 'readlink', 'tty', 'pwd', 'sleep', 'true'];
-/** The service's own user and cwd (config.json's process), which exec must keep by default. */
-const SERVICE_USER = { uid: 70, gid: 71 };
 
-interface Result {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-}
-
-function command(result: CrunPlanResult): CrunCommand {
-  if (!result.ok) throw new Error(result.message);
-  return result.command;
-}
-
-/** Runs a program to its end, feeding `input` on stdin (or /dev/null), collecting its output. */
-function runToEnd(file: string, args: string[], input?: string): Promise<Result> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(file, args, { env: cleanEnv(), stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout!.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
-    child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-    if (input !== undefined) child.stdin!.end(input);
-    child.on('error', reject);
-    child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr }));
-  });
-}
-
-describe.skipIf(!isRoot || !hasTools)('mosctl exec into a crun container', () => {
+describe.skipIf(!isRoot || !hasCrunTools)('mosctl exec into a crun container', () => {
   let work: string;
   let mosctlBundle: string;
   let socketPath: string;
   let stateRoot: string;
   let server: ControlServer | undefined;
   let crunRun: ChildProcess | undefined;
-  let runOutput = '';
   /** The container init's host pid (crun's --pid-file). */
   let initPid = 0;
   const statuses = new Map<string, ServiceStatus>();
   const containers = new Map<string, ExecContainer>();
 
   /** A bundle whose rootfs holds busybox and its applet links. */
-  function makeBundle(name: string, script: string): string {
-    const dir = path.join(work, 'bundles', name);
-    const rootfs = path.join(dir, 'rootfs');
-    for (const sub of ['bin', 'proc', 'dev', 'sys', 'tmp', 'run', 'srv']) mkdirSync(path.join(rootfs, sub), { recursive: true });
-    copyFileSync('/bin/busybox', path.join(rootfs, 'bin', 'busybox'));
-    for (const applet of APPLETS) symlinkSync('busybox', path.join(rootfs, 'bin', applet));
-    const planned = planBundleConfig({
-      name,
-      rootfs,
-      process: { argv: ['/bin/busybox', 'sh', '-c', script], env: { PATH: '/bin', FROM_CONFIG: 'yes' }, cwd: '/srv', uid: SERVICE_USER.uid, gid: SERVICE_USER.gid },
-      idRange: ID_RANGE,
-      network: 'none',
-      netnsPath: null,
-      limits: { pids: 64 },
-      mounts: [],
-      notifySocket: null,
-    });
-    if (!planned.ok) throw new Error(planned.message);
-    writeFileSync(path.join(dir, 'config.json'), JSON.stringify(planned.config, null, 2));
-    return dir;
-  }
+  const makeBundle = (name: string, script: string) => makeBusyboxBundle({ work, name, script, applets: APPLETS });
 
   function containerOf(name: string, bundleDir: string): ExecContainer {
     return { id: crunContainerId(name), stateRoot, crunPath: CRUN, cgroupManager: 'disabled', process: () => readBundleProcess(bundleDir) };
@@ -133,28 +78,14 @@ describe.skipIf(!isRoot || !hasTools)('mosctl exec into a crun container', () =>
 
     // mosctl from the current source, bundled as scripts/build-bundle.mjs does (dist/ may be older).
     mosctlBundle = path.join(work, 'mosctl.mjs');
-    await build({
-      entryPoints: [path.join(repoRoot, 'mosctl', 'cli.ts')],
-      outfile: mosctlBundle,
-      bundle: true,
-      platform: 'node',
-      format: 'esm',
-      target: 'node20',
-      banner: { js: "import { createRequire as __mosCreateRequire } from 'node:module';\nconst require = __mosCreateRequire(import.meta.url);" },
-      logLevel: 'warning',
-    });
+    await bundleMosctl(mosctlBundle);
 
     // The container service `app`: running, its init printing `up` and sleeping.
     const bundleDir = makeBundle('app', 'echo up; exec /bin/busybox sleep 100000');
     const pidFile = path.join(work, 'app.pid');
-    const run = command(planCrunRun({ crunPath: CRUN, stateRoot, cgroupManager: 'disabled', bundleDir, id: crunContainerId('app'), pidFile }));
-    crunRun = spawn('/usr/bin/unshare', ['-m', '/bin/sh', '-c', NAMESPACE_SCRIPT, 'sh', ...run.argv], { env: {}, stdio: ['ignore', 'pipe', 'pipe'] });
-    crunRun.stdout!.setEncoding('utf8').on('data', (chunk: string) => (runOutput += chunk));
-    crunRun.stderr!.setEncoding('utf8').on('data', (chunk: string) => (runOutput += chunk));
-    let exited = false;
-    crunRun.on('exit', () => (exited = true));
-    await waitFor(() => runOutput.includes('up\n') || exited, 30_000, () => `the container to start: ${JSON.stringify(runOutput)}`);
-    if (exited) throw new Error(`crun run ended: ${runOutput}`);
+    const container = runCrunContainer({ stateRoot, bundleDir, id: crunContainerId('app'), pidFile });
+    crunRun = container.child;
+    await container.started;
     await waitFor(() => existsSync(pidFile) && (initPid = parseCrunPidFile(readFileSync(pidFile, 'utf8')) ?? 0) !== 0, 30_000, `a pid in ${pidFile}`);
     statuses.set('app', makeStatus({ name: 'app', state: 'running', pid: crunRun.pid! }));
     containers.set('app', containerOf('app', bundleDir));
@@ -181,8 +112,7 @@ describe.skipIf(!isRoot || !hasTools)('mosctl exec into a crun container', () =>
 
   afterAll(async () => {
     await server?.close();
-    if (stateRoot) await runToEnd(CRUN, command(planCrunDelete({ crunPath: CRUN, stateRoot, cgroupManager: 'disabled', id: crunContainerId('app'), force: true })).argv.slice(1));
-    if (crunRun && crunRun.exitCode === null && crunRun.signalCode === null) crunRun.kill('SIGKILL');
+    if (stateRoot) await removeCrunContainer({ stateRoot, id: crunContainerId('app'), child: crunRun });
     if (work) rmSync(work, { recursive: true, force: true });
   });
 
